@@ -1,0 +1,3 @@
+fn main() {
+    println!("leader-labeler {}", env!("CARGO_PKG_VERSION"));
+}
