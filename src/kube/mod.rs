@@ -1,0 +1,425 @@
+//! A small synchronous client for the Kubernetes REST API.
+//!
+//! It trusts exactly the configured CA, sends the service-account token (re-read from its
+//! file every minute and after a 401, because the kubelet rotates bound tokens in place),
+//! and traces every call at `-v` like curl would, without ever printing the token.
+
+pub mod error;
+pub mod types;
+pub mod watch;
+
+pub use error::KubeError;
+
+use crate::config::Connection;
+use serde_json::Value;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use ureq::http::{self, Method};
+use ureq::Agent;
+
+/// How often the token file is re-read even without a 401 (client-go does the same).
+const TOKEN_MAX_AGE: Duration = Duration::from_secs(60);
+/// Bodies longer than this are cut in `-vv` traces.
+const TRACE_BODY_LIMIT: usize = 8 * 1024;
+/// Largest response body accepted for a plain call.
+const MAX_BODY: u64 = 16 * 1024 * 1024;
+
+pub const MERGE_PATCH: &str = "application/merge-patch+json";
+pub const JSON: &str = "application/json";
+
+/// A cheaply cloneable client; clones share one connection pool.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    base: String,
+    agent: Agent,
+    watch_agent: Agent,
+    token: Option<TokenFile>,
+    verbosity: u8,
+}
+
+struct TokenFile {
+    path: PathBuf,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+impl TokenFile {
+    fn get(&self, force: bool) -> Result<String, KubeError> {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((token, read_at)) = cached.as_ref() {
+            if !force && read_at.elapsed() < TOKEN_MAX_AGE {
+                return Ok(token.clone());
+            }
+        }
+        match std::fs::read_to_string(&self.path) {
+            Ok(t) if !t.trim().is_empty() => {
+                let token = t.trim().to_string();
+                *cached = Some((token.clone(), Instant::now()));
+                Ok(token)
+            }
+            // Keep using the last good token while the file is being replaced.
+            _ if cached.is_some() => Ok(cached.as_ref().map(|c| c.0.clone()).unwrap_or_default()),
+            Ok(_) => Err(KubeError::Setup(format!(
+                "token file {} is empty",
+                self.path.display()
+            ))),
+            Err(e) => Err(KubeError::Setup(format!(
+                "cannot read token file {}: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+}
+
+/// Options that are not part of the user's configuration.
+pub struct ClientOptions {
+    /// Upper bound for one non-watch call, connection included.
+    pub call_timeout: Duration,
+    /// A watch that delivers nothing for this long is treated as dead.
+    pub watch_idle_timeout: Duration,
+    pub verbosity: u8,
+}
+
+impl Client {
+    pub fn new(conn: &Connection, opts: ClientOptions) -> Result<Client, KubeError> {
+        let tls = match &conn.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    KubeError::Setup(format!("cannot read CA file {}: {e}", path.display()))
+                })?;
+                let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                if certs.is_empty() {
+                    return Err(KubeError::Setup(format!(
+                        "CA file {} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .unversioned_rustls_crypto_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .build()
+            }
+            None => ureq::tls::TlsConfig::default(),
+        };
+        let user_agent = format!("leader-labeler/{}", env!("CARGO_PKG_VERSION"));
+        let builder = || {
+            Agent::config_builder()
+                .tls_config(tls.clone())
+                .proxy(None)
+                .http_status_as_error(false)
+                .user_agent(&user_agent)
+                .timeout_connect(Some(opts.call_timeout.min(Duration::from_secs(5))))
+        };
+        let agent = builder()
+            .timeout_global(Some(opts.call_timeout))
+            .build()
+            .new_agent();
+        let watch_agent = builder()
+            .timeout_per_read(Some(opts.watch_idle_timeout))
+            .build()
+            .new_agent();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                base: conn.server.clone(),
+                agent,
+                watch_agent,
+                token: conn.token_file.clone().map(|path| TokenFile {
+                    path,
+                    cached: Mutex::new(None),
+                }),
+                verbosity: opts.verbosity,
+            }),
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, KubeError> {
+        self.call(Method::GET, path, None)
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Result<Value, KubeError> {
+        self.call(Method::PUT, path, Some((JSON, body)))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, KubeError> {
+        self.call(Method::POST, path, Some((JSON, body)))
+    }
+
+    pub fn merge_patch(&self, path: &str, body: &Value) -> Result<Value, KubeError> {
+        self.call(Method::PATCH, path, Some((MERGE_PATCH, body)))
+    }
+
+    /// One API call with a JSON answer. A 401 re-reads the token file and tries once more.
+    pub fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, &Value)>,
+    ) -> Result<Value, KubeError> {
+        let body = body.map(|(ct, v)| (ct, serde_json::to_vec(v).unwrap_or_default()));
+        let mut retried = false;
+        loop {
+            let started = Instant::now();
+            let result = self.send(&self.inner.agent, &method, path, body.as_ref(), retried);
+            let mut resp = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.trace_failure(&method, path, started, &e);
+                    return Err(e);
+                }
+            };
+            let code = resp.status().as_u16();
+            let bytes = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_BODY)
+                .read_to_vec()
+                .map_err(|e| KubeError::Transport(describe(&e)));
+            self.trace_response(&method, path, started, code, bytes.as_deref().ok());
+            let bytes = bytes?;
+            if code == 401 && !retried && self.inner.token.is_some() {
+                retried = true;
+                continue;
+            }
+            return decode(code, &method, path, &bytes);
+        }
+    }
+
+    /// Opens a watch (or any streaming GET) and returns its body once the status is 200.
+    pub fn stream(&self, path: &str) -> Result<Box<dyn Read + Send>, KubeError> {
+        let mut retried = false;
+        loop {
+            let started = Instant::now();
+            let resp = self.send(&self.inner.watch_agent, &Method::GET, path, None, retried);
+            let mut resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    self.trace_failure(&Method::GET, path, started, &e);
+                    return Err(e);
+                }
+            };
+            let code = resp.status().as_u16();
+            if code == 200 {
+                self.trace_response(&Method::GET, path, started, code, None);
+                return Ok(Box::new(resp.into_body().into_reader()));
+            }
+            let bytes = resp.body_mut().read_to_vec().unwrap_or_default();
+            self.trace_response(&Method::GET, path, started, code, Some(&bytes));
+            if code == 401 && !retried && self.inner.token.is_some() {
+                retried = true;
+                continue;
+            }
+            return match decode(code, &Method::GET, path, &bytes) {
+                Ok(_) => Err(KubeError::Decode(format!("watch answered HTTP {code}"))),
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    /// Whether `-vv` body tracing is on (the watch readers trace events themselves).
+    pub fn traces_bodies(&self) -> bool {
+        self.inner.verbosity >= 2
+    }
+
+    fn send(
+        &self,
+        agent: &Agent,
+        method: &Method,
+        path: &str,
+        body: Option<&(&str, Vec<u8>)>,
+        fresh_token: bool,
+    ) -> Result<http::Response<ureq::Body>, KubeError> {
+        let url = format!("{}{}", self.inner.base, path);
+        let mut builder = http::Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header("Accept", JSON);
+        if let Some(token) = &self.inner.token {
+            let t = token.get(fresh_token)?;
+            builder = builder.header("Authorization", format!("Bearer {t}"));
+        }
+        if self.inner.verbosity >= 1 {
+            log::debug!(target: "api", "> {method} {path}");
+        }
+        let result = match body {
+            Some((ct, bytes)) => {
+                if self.inner.verbosity >= 2 {
+                    log::trace!(target: "api", "> {}", clip(bytes));
+                }
+                let req = builder
+                    .header("Content-Type", *ct)
+                    .body(bytes.clone())
+                    .map_err(|e| KubeError::Setup(format!("bad request {url}: {e}")))?;
+                agent.run(req)
+            }
+            None => {
+                let req = builder
+                    .body(())
+                    .map_err(|e| KubeError::Setup(format!("bad request {url}: {e}")))?;
+                agent.run(req)
+            }
+        };
+        result.map_err(|e| KubeError::Transport(describe(&e)))
+    }
+
+    fn trace_response(
+        &self,
+        method: &Method,
+        path: &str,
+        started: Instant,
+        code: u16,
+        body: Option<&[u8]>,
+    ) {
+        if self.inner.verbosity >= 1 {
+            let reason = http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|c| c.canonical_reason())
+                .unwrap_or("");
+            log::debug!(
+                target: "api",
+                "< {code} {reason} {method} {path} ({:.1} ms)",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            if self.inner.verbosity >= 2 {
+                if let Some(b) = body {
+                    log::trace!(target: "api", "< {}", clip(b));
+                }
+            }
+        }
+    }
+
+    fn trace_failure(&self, method: &Method, path: &str, started: Instant, e: &KubeError) {
+        if self.inner.verbosity >= 1 {
+            log::debug!(
+                target: "api",
+                "! {method} {path} failed after {:.1} ms: {e}",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    }
+}
+
+fn clip(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.len() > TRACE_BODY_LIMIT {
+        let mut end = TRACE_BODY_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}... ({} bytes)", &text[..end], text.len())
+    } else {
+        text.into_owned()
+    }
+}
+
+/// A transport error in words, with the io error's cause when there is one.
+fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Io(io) => match io.get_ref() {
+            Some(inner) => format!("{io}: {inner}"),
+            None => io.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Turns a status code and body into the JSON value or the matching error.
+fn decode(code: u16, method: &Method, path: &str, body: &[u8]) -> Result<Value, KubeError> {
+    if (200..300).contains(&code) {
+        return serde_json::from_slice(body)
+            .map_err(|e| KubeError::Decode(format!("{method} {path}: {e}")));
+    }
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .map(|v| types::Status::from_json(&v).message)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| format!("{method} {path} answered HTTP {code}"));
+    Err(match code {
+        401 => KubeError::Unauthorized(message),
+        403 => KubeError::Forbidden(message),
+        404 => KubeError::NotFound(message),
+        409 => KubeError::Conflict(message),
+        410 => KubeError::Gone(message),
+        _ => KubeError::Status { code, message },
+    })
+}
+
+/// Percent-encodes a query value (label selectors contain '/', '=' and ',').
+pub fn encode_query(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_map_to_errors() {
+        let body = br#"{"kind":"Status","code":409,"message":"the object has been modified"}"#;
+        assert_eq!(
+            decode(409, &Method::PUT, "/x", body),
+            Err(KubeError::Conflict("the object has been modified".into()))
+        );
+        assert!(matches!(
+            decode(403, &Method::GET, "/x", b"not json"),
+            Err(KubeError::Forbidden(m)) if m.contains("GET /x answered HTTP 403")
+        ));
+        let e = decode(503, &Method::GET, "/x", b"").unwrap_err();
+        assert!(e.is_transient());
+        assert!(!decode(422, &Method::GET, "/x", b"")
+            .unwrap_err()
+            .is_transient());
+        assert_eq!(
+            decode(200, &Method::GET, "/x", b"{}"),
+            Ok(serde_json::json!({}))
+        );
+    }
+
+    #[test]
+    fn query_encoding() {
+        assert_eq!(encode_query("my-app/is-leader"), "my-app%2Fis-leader");
+        assert_eq!(encode_query("metadata.name=x"), "metadata.name%3Dx");
+    }
+
+    #[test]
+    fn token_file_is_reread_when_forced() {
+        let dir = std::env::temp_dir().join(format!("ll-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "one\n").unwrap();
+        let t = TokenFile {
+            path: path.clone(),
+            cached: Mutex::new(None),
+        };
+        assert_eq!(t.get(false).unwrap(), "one");
+        std::fs::write(&path, "two").unwrap();
+        assert_eq!(t.get(false).unwrap(), "one", "cached within a minute");
+        assert_eq!(t.get(true).unwrap(), "two", "re-read after a 401");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            t.get(true).unwrap(),
+            "two",
+            "last good token while replaced"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

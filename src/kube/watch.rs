@@ -1,0 +1,225 @@
+//! List-then-watch loops for the sensor threads.
+//!
+//! A watch resumes from the last resourceVersion it saw. "Too old" arrives either as HTTP
+//! 410 or as an in-stream ERROR event with code 410 on a 200 response; both lead to a
+//! fresh list. A stream ended by the server (timeoutSeconds, --min-request-timeout) is
+//! simply reopened.
+
+use super::types::{Lease, Pod, WatchEvent};
+use super::{encode_query, Client, KubeError};
+use crate::backoff::{Backoff, Streak};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+/// What a watch loop reports to its owner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update<T> {
+    /// The complete current set (after a list). Replace, don't merge.
+    Listed(Vec<T>),
+    Changed(T),
+    Deleted(T),
+}
+
+/// Objects that carry a resourceVersion.
+pub trait Versioned: Sized {
+    fn parse(v: &Value) -> Result<Self, String>;
+    fn version(&self) -> &str;
+}
+
+impl Versioned for Pod {
+    fn parse(v: &Value) -> Result<Self, String> {
+        Pod::from_json(v)
+    }
+    fn version(&self) -> &str {
+        &self.resource_version
+    }
+}
+
+impl Versioned for Lease {
+    fn parse(v: &Value) -> Result<Self, String> {
+        Lease::from_json(v)
+    }
+    fn version(&self) -> &str {
+        &self.resource_version
+    }
+}
+
+/// What to watch: a collection path and a selector query (without `?`).
+pub struct Target {
+    /// e.g. `/api/v1/namespaces/NS/pods`.
+    pub path: String,
+    /// e.g. `labelSelector=...` or `fieldSelector=metadata.name%3Dx`.
+    pub selector: String,
+    /// Asked of the server as `timeoutSeconds`; None lets the server choose.
+    pub timeout: Option<Duration>,
+    /// For log lines: "pod watch", "lease watch".
+    pub what: &'static str,
+}
+
+impl Target {
+    pub fn field_name(
+        path: String,
+        name: &str,
+        timeout: Option<Duration>,
+        what: &'static str,
+    ) -> Self {
+        Target {
+            path,
+            selector: format!(
+                "fieldSelector={}",
+                encode_query(&format!("metadata.name={name}"))
+            ),
+            timeout,
+            what,
+        }
+    }
+}
+
+/// Why a watch loop stopped.
+#[derive(Debug)]
+pub enum Stopped {
+    /// The sink asked to stop.
+    ByOwner,
+    /// `give_up` said so after this error.
+    GaveUp(KubeError),
+}
+
+/// Lists and watches until the sink returns false or `give_up(failures, error)` returns
+/// true. Errors are retried with back-off and logged once per streak.
+pub fn run<T: Versioned>(
+    client: &Client,
+    target: &Target,
+    mut sink: impl FnMut(Update<T>) -> bool,
+    give_up: impl Fn(u32, &KubeError) -> bool,
+) -> Stopped {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(4));
+    let mut streak = Streak::new(target.what);
+    let mut version: Option<String> = None;
+    loop {
+        let step = match &version {
+            None => list(client, target).map(|(items, rv)| {
+                version = Some(rv);
+                sink(Update::Listed(items))
+            }),
+            Some(rv) => watch(client, target, rv, &mut sink).map(|(latest, go_on)| {
+                version = latest;
+                go_on
+            }),
+        };
+        match step {
+            Ok(true) => {
+                streak.succeeded();
+                backoff.reset();
+            }
+            Ok(false) => return Stopped::ByOwner,
+            Err(KubeError::Gone(_)) => {
+                log::debug!("{}: resourceVersion expired, listing again", target.what);
+                version = None;
+            }
+            Err(e) => {
+                streak.failed(&e);
+                if give_up(streak.failures(), &e) {
+                    return Stopped::GaveUp(e);
+                }
+                std::thread::sleep(backoff.next_delay());
+            }
+        }
+    }
+}
+
+fn list<T: Versioned>(client: &Client, target: &Target) -> Result<(Vec<T>, String), KubeError> {
+    let v = client.get(&format!("{}?{}", target.path, target.selector))?;
+    let rv = v
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .ok_or_else(|| KubeError::Decode("list without metadata.resourceVersion".into()))?
+        .to_string();
+    let items = v
+        .get("items")
+        .and_then(Value::as_array)
+        .map(|items| items.iter().map(T::parse).collect::<Result<Vec<_>, _>>())
+        .unwrap_or_else(|| Ok(Vec::new()))
+        .map_err(KubeError::Decode)?;
+    Ok((items, rv))
+}
+
+/// Streams one watch. Returns the resourceVersion to resume from (None: list again) and
+/// whether the owner wants more.
+fn watch<T: Versioned>(
+    client: &Client,
+    target: &Target,
+    from: &str,
+    sink: &mut impl FnMut(Update<T>) -> bool,
+) -> Result<(Option<String>, bool), KubeError> {
+    let mut query = format!(
+        "{}?{}&watch=true&allowWatchBookmarks=true&resourceVersion={}",
+        target.path,
+        target.selector,
+        encode_query(from)
+    );
+    if let Some(t) = target.timeout {
+        query += &format!("&timeoutSeconds={}", t.as_secs().max(1));
+    }
+    let body = client.stream(&query)?;
+    let mut reader = BufReader::new(body);
+    let mut version = from.to_string();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            // The server closed the stream: resume from where we are.
+            Ok(0) => return Ok((Some(version), true)),
+            Ok(_) => {}
+            Err(e) => {
+                // An idle timeout is a normal end: nothing changed, reopen from `version`.
+                let idle = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+                    .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+                log::debug!("{}: stream ended: {e}", target.what);
+                return if idle || version != from {
+                    Ok((Some(version), true))
+                } else {
+                    Err(KubeError::Transport(format!("{} stream: {e}", target.what)))
+                };
+            }
+        }
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if client.traces_bodies() {
+            log::trace!(target: "api", "< {text}");
+        }
+        let event = WatchEvent::parse(text, T::parse).map_err(KubeError::Decode)?;
+        let go_on = match event {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                version = o.version().to_string();
+                sink(Update::Changed(o))
+            }
+            WatchEvent::Deleted(o) => {
+                version = o.version().to_string();
+                sink(Update::Deleted(o))
+            }
+            WatchEvent::Bookmark(rv) => {
+                if !rv.is_empty() {
+                    version = rv;
+                }
+                true
+            }
+            WatchEvent::Error(status) if status.code == 410 => {
+                return Err(KubeError::Gone(status.message));
+            }
+            WatchEvent::Error(status) => {
+                return Err(KubeError::Status {
+                    code: status.code,
+                    message: status.message,
+                });
+            }
+        };
+        if !go_on {
+            return Ok((Some(version), false));
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! leader-labeler: a Kubernetes sidecar that elects one leader through a Lease and labels
+//! the pods so that a Service selects only the leader.
+//!
+//! The decision core (`core`, with `election`, `labels` and `drain`) is pure: state and
+//! a clock in, actions out. `controller` runs it on one thread, fed by the sensor threads
+//! in `sensors`; `kube` speaks HTTP to the API server.
+
+pub mod backoff;
+pub mod config;
+pub mod core;
+pub mod drain;
+pub mod election;
+pub mod kube;
+pub mod labels;
