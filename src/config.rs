@@ -77,6 +77,9 @@ pub struct Config {
     pub retry_period: Duration,
     /// How often the leader re-lists the pods to correct labels. Defaults to 5s.
     pub resync_period: Duration,
+    /// `timeoutSeconds` asked for each watch; None lets the server choose (its
+    /// --min-request-timeout). Defaults to 5m.
+    pub watch_timeout: Option<Duration>,
     pub connection: Connection,
     /// 0: normal logs; 1: one line per API call; 2: plus bodies.
     pub verbosity: u8,
@@ -94,6 +97,7 @@ pub struct RawArgs {
     pub renew_deadline: Option<String>,
     pub retry_period: Option<String>,
     pub resync_period: Option<String>,
+    pub watch_timeout: Option<String>,
     pub server: Option<String>,
     pub token_file: Option<String>,
     pub ca_file: Option<String>,
@@ -102,10 +106,13 @@ pub struct RawArgs {
 
 /// What `Config::build` may read from its surroundings; injected so tests control it.
 pub struct Environment {
-    pub var: Box<dyn Fn(&str) -> Option<String>>,
+    pub var: Lookup,
     /// Reads a small file (namespace, hostname); None when absent.
-    pub read_file: Box<dyn Fn(&str) -> Option<String>>,
+    pub read_file: Lookup,
 }
+
+/// A name-to-value lookup (environment variable or file path).
+pub type Lookup = Box<dyn Fn(&str) -> Option<String>>;
 
 impl Environment {
     /// The real process environment and filesystem.
@@ -196,6 +203,21 @@ impl Config {
         let renew_deadline = duration("--renew-deadline", raw.renew_deadline, "10s")?;
         let retry_period = duration("--retry-period", raw.retry_period, "2s")?;
         let resync_period = duration("--resync-period", raw.resync_period, "5s")?;
+        let watch_timeout = match raw.watch_timeout.as_deref().unwrap_or("5m") {
+            "0" | "0s" => None,
+            text => {
+                let d = parse_duration(text)
+                    .map_err(|rule| ConfigError::new("--watch-timeout", text, rule))?;
+                if d < Duration::from_secs(1) {
+                    return Err(ConfigError::new(
+                        "--watch-timeout",
+                        text,
+                        "must be at least 1s, or 0 to let the server choose",
+                    ));
+                }
+                Some(d)
+            }
+        };
         if lease_duration.as_millis() % 1000 != 0 {
             return Err(ConfigError::new(
                 "--lease-duration",
@@ -235,6 +257,7 @@ impl Config {
             renew_deadline,
             retry_period,
             resync_period,
+            watch_timeout,
             connection,
             verbosity: raw.verbosity,
         })

@@ -6,9 +6,14 @@
 //! in `sensors`; `kube` speaks HTTP to the API server.
 
 pub mod backoff;
+pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod core;
 pub mod drain;
 pub mod election;
 pub mod kube;
 pub mod labels;
+pub mod logging;
+pub mod rbac;
+pub mod sensors;

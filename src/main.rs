@@ -1,3 +1,70 @@
-fn main() {
-    println!("leader-labeler {}", env!("CARGO_PKG_VERSION"));
+//! Entry point: parse, validate, run, and map the result to an exit code. Exit codes are
+//! decided here and nowhere else: 0 clean, 1 fatal at run time, 2 bad usage.
+
+use leader_labeler::cli::{self, Command};
+use leader_labeler::config::{Config, Environment};
+use leader_labeler::core::Exit;
+use leader_labeler::kube::{Client, ClientOptions};
+use leader_labeler::{controller, logging};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let raw = match cli::parse(std::env::args_os().skip(1).collect()) {
+        Ok(Command::Help) => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("{}", cli::version());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run(raw)) => raw,
+        Err(e) => {
+            eprintln!("leader-labeler: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match Config::build(*raw, &Environment::system()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leader-labeler: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(cfg.verbosity);
+    log::info!("{}", cli::version());
+
+    // A renewal must not hang past the renew deadline; a watch that is silent for longer
+    // than the server's own timeout is dead.
+    let call_timeout =
+        (cfg.renew_deadline / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let watch_idle_timeout = cfg
+        .watch_timeout
+        .map_or(Duration::from_secs(3900), |t| t + Duration::from_secs(30));
+    let client = match Client::new(
+        &cfg.connection,
+        ClientOptions {
+            call_timeout,
+            watch_idle_timeout,
+            verbosity: cfg.verbosity,
+        },
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match controller::run(&cfg, client) {
+        Ok(Exit::Clean) => {
+            log::info!("done");
+            ExitCode::SUCCESS
+        }
+        Ok(Exit::Incomplete) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,254 @@
+//! The controller thread: the one owner of state. It feeds observations from the sensor
+//! channel into the core, carries out the core's actions over HTTP, and sleeps until the
+//! next observation or the core's next deadline, whichever comes first.
+
+use crate::backoff::{Backoff, Jitter, Streak};
+use crate::config::Config;
+use crate::core::{Action, Core, Exit, Now, Observation, Outcome, Settings};
+use crate::kube::types::{lease_body, Lease, Pod};
+use crate::kube::{Client, KubeError};
+use crate::labels::Keys;
+use crate::{rbac, sensors};
+use serde_json::Value;
+use std::fmt;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+/// Why the sidecar could not run. Each is fatal: exit code 1.
+#[derive(Debug)]
+pub enum RunError {
+    /// The Role lacks rules; the message lists them.
+    Permissions(String),
+    /// The pod named by --pod-name does not exist in the namespace.
+    PodNotFound { pod: String, namespace: String },
+    /// Anything else that stops start-up (unreadable CA, threads).
+    Setup(String),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Permissions(m) => write!(f, "{m}"),
+            RunError::PodNotFound { pod, namespace } => write!(
+                f,
+                "pod {pod:?} not found in namespace {namespace:?}: check --pod-name and --namespace (POD_NAME / POD_NAMESPACE from the downward API)"
+            ),
+            RunError::Setup(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Runs the sidecar until it has drained. Returns how it ended.
+pub fn run(cfg: &Config, client: Client) -> Result<Exit, RunError> {
+    let (tx, rx) = mpsc::channel();
+    // Signals first: a SIGTERM during start-up must not kill us with the default action.
+    sensors::start_signal_sensor(tx.clone())
+        .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
+
+    check_permissions(cfg, &client, &rx)?;
+    let own = read_own_pod(cfg, &client, &rx)?;
+
+    let mut core = Core::new(
+        Settings {
+            me: cfg.pod_name.clone(),
+            keys: Keys {
+                leader: cfg.leadership_label.clone(),
+                participant: cfg.participation_label.clone(),
+            },
+            lease_duration: cfg.lease_duration,
+            renew_deadline: cfg.renew_deadline,
+            retry_period: cfg.retry_period,
+            resync_period: cfg.resync_period,
+        },
+        Jitter::from_entropy(),
+    );
+    core.observe(Observation::OwnPod(own), Now::system());
+    // Signals that arrived while starting.
+    while let Ok(obs) = rx.try_recv() {
+        core.observe(obs, Now::system());
+    }
+    sensors::start_lease_sensor(cfg, client.clone(), tx.clone())
+        .and_then(|_| sensors::start_pod_sensor(cfg, client.clone(), tx))
+        .map_err(|e| RunError::Setup(format!("cannot start watch threads: {e}")))?;
+    log::info!(
+        "started: pod {} in namespace {}, election {:?}, labels {} / {}",
+        cfg.pod_name,
+        cfg.namespace,
+        cfg.election_name,
+        cfg.leadership_label,
+        cfg.participation_label
+    );
+
+    let exec = Executor { cfg, client };
+    loop {
+        while let Some(action) = core.next_action(Now::system()) {
+            if let Action::Exit(how) = action {
+                return Ok(how);
+            }
+            let outcome = exec.execute(&action);
+            core.complete(outcome, Now::system());
+            // Fold in what the sensors saw meanwhile before deciding again.
+            while let Ok(obs) = rx.try_recv() {
+                core.observe(obs, Now::system());
+            }
+        }
+        let now = Now::system();
+        let wait = core
+            .next_wakeup(now.mono)
+            .map_or(Duration::from_secs(3600), |t| t - now.mono);
+        match rx.recv_timeout(wait) {
+            Ok(obs) => core.observe(obs, Now::system()),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(RunError::Setup("all sensor threads stopped".into()))
+            }
+        }
+    }
+}
+
+/// Retries `f` on transient errors (logging the streak once) until it answers, or until
+/// a signal asks us to stop.
+fn patiently<T>(
+    what: &'static str,
+    rx: &Receiver<Observation>,
+    mut f: impl FnMut() -> Result<T, KubeError>,
+) -> Result<Option<T>, KubeError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut streak = Streak::new(what);
+    loop {
+        match f() {
+            Ok(v) => {
+                streak.succeeded();
+                return Ok(Some(v));
+            }
+            Err(e) if e.is_transient() => {
+                streak.failed(&e);
+                if let Ok(Observation::Signal) = rx.recv_timeout(backoff.next_delay()) {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn stopped_while_starting() -> RunError {
+    RunError::Setup("stopped by a signal before start-up completed".into())
+}
+
+fn check_permissions(
+    cfg: &Config,
+    client: &Client,
+    rx: &Receiver<Observation>,
+) -> Result<(), RunError> {
+    let verdict = patiently("permission check", rx, || rbac::check(client, cfg))
+        .map_err(|e| RunError::Setup(e.to_string()))?
+        .ok_or_else(stopped_while_starting)?;
+    match verdict {
+        rbac::Verdict::AllGranted => Ok(()),
+        rbac::Verdict::Missing(m) => Err(RunError::Permissions(rbac::explain(&m, cfg))),
+        rbac::Verdict::Unknown(why) => {
+            log::warn!("cannot check permissions up front ({why}); going on");
+            Ok(())
+        }
+    }
+}
+
+fn read_own_pod(
+    cfg: &Config,
+    client: &Client,
+    rx: &Receiver<Observation>,
+) -> Result<Pod, RunError> {
+    let path = format!("{}/{}", sensors::pods_path(cfg), cfg.pod_name);
+    let got = patiently("reading this pod", rx, || {
+        client
+            .get(&path)
+            .and_then(|v| Pod::from_json(&v).map_err(KubeError::Decode))
+    });
+    match got {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err(stopped_while_starting()),
+        Err(KubeError::NotFound(_)) => Err(RunError::PodNotFound {
+            pod: cfg.pod_name.clone(),
+            namespace: cfg.namespace.clone(),
+        }),
+        Err(e) => Err(RunError::Setup(format!(
+            "cannot read pod {}: {e}",
+            cfg.pod_name
+        ))),
+    }
+}
+
+/// Carries out the core's actions over HTTP.
+struct Executor<'a> {
+    cfg: &'a Config,
+    client: Client,
+}
+
+impl Executor<'_> {
+    fn lease_path(&self) -> String {
+        format!(
+            "{}/{}",
+            sensors::leases_path(self.cfg),
+            self.cfg.election_name
+        )
+    }
+
+    fn execute(&self, action: &Action) -> Outcome {
+        let lease = |r: Result<Value, KubeError>| {
+            Outcome::Lease(
+                r.and_then(|v| Lease::from_json(&v).map(Some).map_err(KubeError::Decode)),
+            )
+        };
+        let pod = |r: Result<Value, KubeError>| {
+            Outcome::Pod(r.and_then(|v| Pod::from_json(&v).map_err(KubeError::Decode)))
+        };
+        let (name, ns) = (&self.cfg.election_name, &self.cfg.namespace);
+        match action {
+            Action::CreateLease(record) => lease(self.client.post(
+                &sensors::leases_path(self.cfg),
+                &lease_body(name, ns, None, record),
+            )),
+            Action::UpdateLease { base, record } => lease(self.client.put(
+                &self.lease_path(),
+                &lease_body(name, ns, Some(base), record),
+            )),
+            Action::GetLease => match self.client.get(&self.lease_path()) {
+                Err(KubeError::NotFound(_)) => Outcome::Lease(Ok(None)),
+                other => lease(other),
+            },
+            Action::Patch(p) => pod(self.client.merge_patch(
+                &format!("{}/{}", sensors::pods_path(self.cfg), p.pod),
+                &p.body(),
+            )),
+            Action::GetPod(n) => {
+                pod(self
+                    .client
+                    .get(&format!("{}/{}", sensors::pods_path(self.cfg), n)))
+            }
+            Action::ListPods => Outcome::Pods(
+                self.client
+                    .get(&format!(
+                        "{}?{}",
+                        sensors::pods_path(self.cfg),
+                        sensors::pod_selector(self.cfg)
+                    ))
+                    .and_then(|v| {
+                        v.get("items")
+                            .and_then(Value::as_array)
+                            .map(|items| {
+                                items
+                                    .iter()
+                                    .map(Pod::from_json)
+                                    .collect::<Result<Vec<_>, _>>()
+                            })
+                            .unwrap_or_else(|| Ok(Vec::new()))
+                            .map_err(KubeError::Decode)
+                    }),
+            ),
+            Action::Exit(_) => unreachable!("Exit is handled by the loop"),
+        }
+    }
+}
