@@ -452,7 +452,7 @@ impl Core {
                         log::info!("releasing the Lease: time to leave");
                     } else {
                         log::info!(
-                            "handing over: releasing the Lease for {}",
+                            "handing over: releasing the Lease ({} is a ready participant)",
                             self.successor().map_or("", |p| &p.name)
                         );
                     }
@@ -612,6 +612,10 @@ impl Core {
             _ => String::new(),
         };
         let transitions = lease.record.transitions;
+        if let LeaseWrite::Release { .. } = kind {
+            // Our own release: not a loss of leadership to report.
+            self.role = Role::Follower;
+        }
         self.observe_lease(Some(lease), now);
         match kind {
             LeaseWrite::Acquire => {
@@ -1086,7 +1090,7 @@ mod tests {
             &w.writes[1..],
             [
                 "lease holder=\"pod-b\"",
-                "pod-a is-leader=false",
+                "pod-a is-leader=false,participant=-",
                 "pod-b is-leader=true"
             ]
         );

@@ -85,7 +85,12 @@ pub fn next_patch(
         return Some(Patch {
             pod: pod.clone(),
             precondition: None,
-            labels: vec![(keys.leader.clone(), Some("false".into()))],
+            // Its sidecar stopped renewing: dead or cut off. Drop its participation too,
+            // so nobody hands over to it; a live sidecar puts the label back itself.
+            labels: vec![
+                (keys.leader.clone(), Some("false".into())),
+                (keys.participant.clone(), None),
+            ],
             annotations: vec![(keys.leader.clone(), stamp.clone())],
             reason: "fence the previous leader",
         });
@@ -121,11 +126,14 @@ pub fn next_patch(
     if labels.is_empty() {
         return None;
     }
-    let reason = match (leader_value, current) {
-        ("true", _) => "claim leadership",
-        (_, Some("true")) => "step down",
-        _ if labels.len() == 1 && labels[0].0 == keys.participant => "update participation",
-        _ => "label follower",
+    let reason = if current == Some(leader_value) {
+        "update participation"
+    } else if leader_value == "true" {
+        "claim leadership"
+    } else if current == Some("true") {
+        "step down"
+    } else {
+        "label follower"
     };
     Some(Patch {
         pod: own.name.clone(),
