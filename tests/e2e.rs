@@ -1,0 +1,506 @@
+//! End-to-end proof: the real binary, as several processes, against a real kube-apiserver
+//! and etcd, with the shipped RBAC and real service-account tokens. Timings are short
+//! (lease 3s, renew deadline 2s, retry 500ms). An observer watching every pod fails any
+//! test in which two pods carry is-leader=true at any resourceVersion.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{
+    Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
+    PARTICIPANT_KEY,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Ready pods with a sidecar each, and the observer; waits for the first leader.
+fn start<'c>(ns: &Namespace<'c>, pods: &[&str]) -> (Observer, Vec<Sidecar>, String) {
+    for p in pods {
+        ns.create_pod(p, true);
+    }
+    let observer = Observer::start(ns);
+    let sidecars: Vec<_> = pods.iter().map(|p| Sidecar::spawn(ns, p, &[])).collect();
+    let leader = observer.wait_for_single_leader(secs(15));
+    let n = pods.len();
+    observer.wait_until(secs(10), "all pods participate", |s| {
+        s.pods
+            .values()
+            .filter(|p| p.labels.get(PARTICIPANT_KEY).map(String::as_str) == Some("true"))
+            .count()
+            == n
+    });
+    (observer, sidecars, leader)
+}
+
+fn by_pod<'a>(sidecars: &'a mut [Sidecar], pod: &str) -> &'a mut Sidecar {
+    sidecars.iter_mut().find(|s| s.pod == pod).expect("sidecar")
+}
+
+fn is_micro_time(v: &serde_json::Value) -> bool {
+    let s = v.as_str().unwrap_or("");
+    // 2026-01-02T03:04:05.123456Z
+    s.len() == 27
+        && s.ends_with('Z')
+        && s.as_bytes()[19] == b'.'
+        && s[20..26].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Scenario 1.
+#[test]
+fn three_ready_pods_elect_exactly_one_leader() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "three");
+    let (observer, _sidecars, leader) = start(&ns, &["pod-a", "pod-b", "pod-c"]);
+    observer.with(|s| {
+        for (name, p) in &s.pods {
+            let expected = if *name == leader { "true" } else { "false" };
+            assert_eq!(
+                p.labels.get(LEADER_KEY).map(String::as_str),
+                Some(expected),
+                "{name}"
+            );
+            assert_eq!(
+                p.labels.get(PARTICIPANT_KEY).map(String::as_str),
+                Some("true"),
+                "{name}"
+            );
+        }
+    });
+    let lease = ns.get_lease().expect("lease exists");
+    let spec = &lease["spec"];
+    assert_eq!(spec["holderIdentity"], leader.as_str());
+    assert_eq!(spec["leaseDurationSeconds"], 3);
+    assert_eq!(spec["leaseTransitions"], 0);
+    assert!(is_micro_time(&spec["acquireTime"]), "{spec}");
+    assert!(is_micro_time(&spec["renewTime"]), "{spec}");
+    // The leader renews: renewTime moves, acquireTime stays.
+    let deadline = Instant::now() + secs(3);
+    loop {
+        let now = ns.get_lease().unwrap();
+        if now["spec"]["renewTime"] != spec["renewTime"] {
+            assert_eq!(now["spec"]["acquireTime"], spec["acquireTime"]);
+            assert_eq!(now["spec"]["holderIdentity"], leader.as_str());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease was not renewed within 3s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Scenario 2.
+#[test]
+fn readiness_gates_participation_and_leadership() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "ready");
+    ns.create_pod("pod-a", false);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let _a = Sidecar::spawn(&ns, "pod-a", &[]);
+    let _b = Sidecar::spawn(&ns, "pod-b", &[]);
+    assert_eq!(observer.wait_for_single_leader(secs(15)), "pod-b");
+    observer.wait_until(
+        secs(5),
+        "unready pod-a labeled false, not participating",
+        |s| {
+            s.label("pod-a", LEADER_KEY) == Some("false")
+                && s.label("pod-a", PARTICIPANT_KEY).is_none()
+        },
+    );
+    // pod-a becomes ready: it joins as a follower.
+    ns.set_ready("pod-a", true);
+    observer.wait_until(secs(5), "pod-a participates", |s| {
+        s.label("pod-a", PARTICIPANT_KEY) == Some("true")
+    });
+    assert_eq!(observer.leader().as_deref(), Some("pod-b"));
+    // The leader turns unready: it hands over to pod-a within a second.
+    let t0 = Instant::now();
+    ns.set_ready("pod-b", false);
+    let seen = observer.wait_until(secs(5), "pod-a leads", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    let took = seen - t0;
+    assert!(took < SECOND, "unready handover took {took:?}");
+    observer.wait_until(secs(5), "pod-b stops participating", |s| {
+        s.label("pod-b", PARTICIPANT_KEY).is_none()
+    });
+    // And rejoins when ready again, as a follower.
+    ns.set_ready("pod-b", true);
+    observer.wait_until(secs(5), "pod-b participates again", |s| {
+        s.label("pod-b", PARTICIPANT_KEY) == Some("true")
+            && s.label("pod-b", LEADER_KEY) == Some("false")
+    });
+    assert_eq!(observer.leader().as_deref(), Some("pod-a"));
+}
+
+/// Scenario 3.
+#[test]
+fn follower_sigterm_leaves_within_a_second() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "fterm");
+    let (observer, mut sidecars, leader) = start(&ns, &["pod-a", "pod-b", "pod-c"]);
+    let changes = observer.history_len();
+    let follower = ["pod-a", "pod-b", "pod-c"]
+        .into_iter()
+        .find(|p| *p != leader)
+        .unwrap();
+    let s = by_pod(&mut sidecars, follower);
+    s.sigterm();
+    let status = s.wait_exit(SECOND).expect("follower exits within a second");
+    assert!(status.success(), "exit status {status}");
+    observer.wait_until(secs(2), "follower's participation label is gone", |s| {
+        s.label(follower, PARTICIPANT_KEY).is_none()
+    });
+    assert_eq!(observer.leader().as_deref(), Some(leader.as_str()));
+    assert_eq!(
+        observer.history_len(),
+        changes,
+        "the leader was never touched"
+    );
+}
+
+/// Scenario 4.
+#[test]
+fn leader_sigterm_hands_over_in_under_a_second() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "lterm");
+    let (observer, mut sidecars, leader) = start(&ns, &["pod-a", "pod-b"]);
+    let other = if leader == "pod-a" { "pod-b" } else { "pod-a" };
+    let t0 = Instant::now();
+    by_pod(&mut sidecars, &leader).sigterm();
+    let seen = observer.wait_until(secs(5), "the other pod leads", |s| {
+        s.leader().as_deref() == Some(other)
+    });
+    let status = by_pod(&mut sidecars, &leader)
+        .wait_exit(secs(5))
+        .expect("old leader exits");
+    assert!(status.success(), "exit status {status}");
+    let gaps = observer.gaps();
+    assert_eq!(gaps.len(), 1, "one handover, one gap: {gaps:?}");
+    let gap = gaps[0].1 - gaps[0].0;
+    assert!(gap < SECOND, "leaderless gap {gap:?}");
+    eprintln!(
+        "handover: {:?} from SIGTERM to new leader, leaderless gap {gap:?}",
+        seen - t0
+    );
+    assert_eq!(
+        observer
+            .with(|s| s.label(&leader, LEADER_KEY).map(str::to_string))
+            .as_deref(),
+        Some("false")
+    );
+}
+
+/// Scenario 5.
+#[test]
+fn lone_leader_sigterm_leads_until_the_grace_deadline() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "lone");
+    ns.create_pod_with_grace("pod-a", true, 5);
+    ns.create_pod("pod-b", false);
+    let observer = Observer::start(&ns);
+    let mut a = Sidecar::spawn(&ns, "pod-a", &[]);
+    let _b = Sidecar::spawn(&ns, "pod-b", &[]);
+    assert_eq!(observer.wait_for_single_leader(secs(15)), "pod-a");
+    let renew_before = ns.get_lease().unwrap()["spec"]["renewTime"].clone();
+    let t0 = Instant::now();
+    a.sigterm();
+    // Grace 5s, margin 1s: leads for about 4s, then releases and exits.
+    let status = a
+        .wait_exit(secs(7))
+        .expect("exits before the grace period ends");
+    let took = t0.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took >= Duration::from_millis(3800) && took < secs(5),
+        "left after {took:?}"
+    );
+    let lost = observer
+        .with(|s| s.leaderless_since())
+        .expect("leadership ended");
+    let led_for = lost - t0;
+    assert!(
+        led_for >= Duration::from_millis(3800),
+        "stopped leading after only {led_for:?}"
+    );
+    let lease = ns.get_lease().unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "");
+    assert_ne!(
+        lease["spec"]["renewTime"], renew_before,
+        "renewed while draining"
+    );
+    assert!(
+        a.output().contains("renew") || a.output().contains("releasing"),
+        "{}",
+        a.output()
+    );
+    assert_eq!(ns.label("pod-a", LEADER_KEY).as_deref(), Some("false"));
+}
+
+/// Scenario 6.
+#[test]
+fn pod_deletion_starts_the_drain_without_a_signal() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "delete");
+    let (observer, mut sidecars, leader) = start(&ns, &["pod-a", "pod-b"]);
+    let other = if leader == "pod-a" { "pod-b" } else { "pod-a" };
+    let t0 = Instant::now();
+    ns.delete_pod(&leader, 30);
+    let seen = observer.wait_until(secs(5), "the other pod leads", |s| {
+        s.leader().as_deref() == Some(other)
+    });
+    assert!(seen - t0 < SECOND, "handover took {:?}", seen - t0);
+    let status = by_pod(&mut sidecars, &leader)
+        .wait_exit(secs(5))
+        .expect("drained sidecar exits without SIGTERM");
+    assert!(status.success());
+    assert!(by_pod(&mut sidecars, &leader)
+        .output()
+        .contains("pod is being deleted"));
+}
+
+/// Scenario 7.
+#[test]
+fn leader_sigkill_fails_over_after_the_lease_expires() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "kill");
+    let (observer, mut sidecars, leader) = start(&ns, &["pod-a", "pod-b", "pod-c"]);
+    let t0 = Instant::now();
+    by_pod(&mut sidecars, &leader).sigkill();
+    let seen = observer.wait_until(secs(8), "another pod leads", |s| {
+        s.leader().is_some_and(|l| l != leader)
+    });
+    let took = seen - t0;
+    assert!(
+        took < Duration::from_millis(4500),
+        "failover took {took:?} (lease 3s + retry 0.5s + 1s)"
+    );
+    assert_eq!(
+        ns.label(&leader, LEADER_KEY).as_deref(),
+        Some("false"),
+        "dead pod's stale true corrected"
+    );
+    eprintln!("crash failover: {took:?}");
+}
+
+/// Scenario 8.
+#[test]
+fn partitioned_leader_is_replaced_and_rejoins_as_follower() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "cut");
+    let pods = ["pod-a", "pod-b", "pod-c"];
+    for p in pods {
+        ns.create_pod(p, true);
+    }
+    let observer = Observer::start(&ns);
+    let proxies: Vec<_> = pods.iter().map(|_| Proxy::start(cluster.port)).collect();
+    let _sidecars: Vec<_> = pods
+        .iter()
+        .zip(&proxies)
+        .map(|(p, proxy)| {
+            Sidecar::spawn_with(
+                &ns,
+                p,
+                SidecarOptions {
+                    server: Some(proxy.url()),
+                    extra: &[],
+                },
+            )
+        })
+        .collect();
+    let leader = observer.wait_for_single_leader(secs(15));
+    let cut = &proxies[pods.iter().position(|p| *p == leader).unwrap()];
+    cut.blackhole(true);
+    let t0 = Instant::now();
+    let seen = observer.wait_until(secs(10), "another pod leads", |s| {
+        s.leader().is_some_and(|l| l != leader)
+    });
+    assert!(seen - t0 < secs(6), "takeover took {:?}", seen - t0);
+    assert_eq!(ns.label(&leader, LEADER_KEY).as_deref(), Some("false"));
+    let new_leader = observer.leader().unwrap();
+    // Stay cut for a while: the old leader must not claim anything.
+    std::thread::sleep(secs(3));
+    cut.blackhole(false);
+    observer.wait_until(secs(10), "the old leader rejoins as a follower", |s| {
+        s.label(&leader, PARTICIPANT_KEY) == Some("true")
+            && s.label(&leader, LEADER_KEY) == Some("false")
+    });
+    std::thread::sleep(secs(2));
+    assert_eq!(
+        observer.leader(),
+        Some(new_leader),
+        "no flapping after the cut healed"
+    );
+}
+
+/// Scenario 9.
+#[test]
+fn apiserver_restart_mid_run() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let ns = Namespace::new(&cluster, "restart");
+    let (observer, mut sidecars, _leader) = start(&ns, &["pod-a", "pod-b"]);
+    drop(observer);
+    cluster.stop_apiserver();
+    // Longer than the lease: the leader must stop acting as leader meanwhile.
+    std::thread::sleep(secs(5));
+    cluster.start_apiserver();
+    let observer = Observer::start(&ns);
+    observer.wait_for_single_leader(secs(20));
+    for s in &mut sidecars {
+        assert!(s.is_running(), "{} exited:\n{}", s.pod, s.output());
+    }
+}
+
+/// Scenario 10.
+#[test]
+fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "token");
+    for p in ["pod-a", "pod-b"] {
+        ns.create_pod(p, true);
+    }
+    let observer = Observer::start(&ns);
+    let first_token = std::fs::read_to_string(ns.token_file()).unwrap();
+    let mut sidecars: Vec<_> = ["pod-a", "pod-b"]
+        .iter()
+        .map(|p| Sidecar::spawn(&ns, p, &["-vv"]))
+        .collect();
+    observer.wait_for_single_leader(secs(15));
+    // The token in use is revoked and the file holds a bad one: calls fail with 401
+    // until a good token appears in the file.
+    ns.write_token("not-a-valid-token");
+    ns.recreate_service_account();
+    let deadline = Instant::now() + secs(10);
+    while !sidecars.iter().any(|s| s.output().contains("< 401")) {
+        assert!(Instant::now() < deadline, "no 401 seen with a bad token");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fresh = ns.fresh_token();
+    ns.write_token(&fresh);
+    observer.wait_until(secs(15), "a leader after the fresh token", |s| {
+        s.leader().is_some()
+    });
+    // Leader keeps renewing with the fresh token.
+    let renew = ns.get_lease().unwrap()["spec"]["renewTime"].clone();
+    let deadline = Instant::now() + secs(5);
+    while ns.get_lease().unwrap()["spec"]["renewTime"] == renew {
+        assert!(
+            Instant::now() < deadline,
+            "no renewal after the token came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for s in &mut sidecars {
+        assert!(s.is_running(), "{} exited", s.pod);
+        let out = s.output();
+        for secret in [first_token.trim(), fresh.trim(), "not-a-valid-token"] {
+            assert!(!out.contains(secret), "{} printed a token", s.pod);
+        }
+        assert!(
+            !out.contains("Bearer"),
+            "{} printed an Authorization header",
+            s.pod
+        );
+        assert!(
+            out.contains("> GET ") || out.contains("> PUT "),
+            "-vv traces calls"
+        );
+    }
+}
+
+/// Scenario 11.
+#[test]
+fn missing_patch_permission_is_named() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::with_rbac(cluster, "norbac", |m| {
+        m.replace(
+            "verbs: [\"get\", \"list\", \"watch\", \"patch\"]",
+            "verbs: [\"get\", \"list\", \"watch\"]",
+        )
+    });
+    ns.create_pod("pod-a", true);
+    let mut s = Sidecar::spawn(&ns, "pod-a", &[]);
+    let status = s.wait_exit(secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1), "{}", s.output());
+    let out = s.output();
+    assert!(out.contains("pods/patch"), "{out}");
+    assert!(out.contains("verbs: [\"patch\"]"), "{out}");
+    assert!(
+        !out.contains("leases"),
+        "only the missing permission is named: {out}"
+    );
+}
+
+/// Scenario 12.
+#[test]
+fn server_ended_watches_reconnect_quietly() {
+    let cluster = Cluster::start(ClusterOptions {
+        min_request_timeout: Some(5),
+    });
+    let ns = Namespace::new(&cluster, "rewatch");
+    for p in ["pod-a", "pod-b", "pod-c"] {
+        ns.create_pod(p, true);
+    }
+    let observer = Observer::start(&ns);
+    let sidecars: Vec<_> = ["pod-a", "pod-b", "pod-c"]
+        .iter()
+        .map(|p| Sidecar::spawn(&ns, p, &["--watch-timeout=0", "-v"]))
+        .collect();
+    let leader = observer.wait_for_single_leader(secs(15));
+    let changes = observer.history_len();
+    std::thread::sleep(secs(60));
+    assert_eq!(observer.leader(), Some(leader), "no leader change");
+    assert_eq!(observer.history_len(), changes, "labels never moved");
+    for s in &sidecars {
+        let out = s.output();
+        let watches = out.matches("watch=true").count() / 2;
+        assert!(
+            watches >= 6,
+            "{}: the server ended watches only {watches} times in 60s",
+            s.pod
+        );
+        let noisy: Vec<_> = out
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(noisy.is_empty(), "{}: {noisy:#?}", s.pod);
+    }
+}
+
+/// Scenario 13.
+#[test]
+fn ten_sidecars_at_once() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "ten");
+    let pods: Vec<String> = (0..10).map(|i| format!("pod-{i}")).collect();
+    let names: Vec<&str> = pods.iter().map(String::as_str).collect();
+    let (observer, mut sidecars, _) = start(&ns, &names);
+    observer.with(|s| {
+        assert_eq!(
+            s.pods
+                .values()
+                .filter(|p| p.labels.get(LEADER_KEY).map(String::as_str) == Some("false"))
+                .count(),
+            9
+        );
+    });
+    for s in &mut sidecars {
+        assert!(s.is_running(), "{} crashed:\n{}", s.pod, s.output());
+        let out = s.output();
+        let noisy: Vec<_> = out
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(
+            noisy.is_empty(),
+            "{}: conflicts must be quiet: {noisy:#?}",
+            s.pod
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The harness's own admin client for the API server (system:masters token).
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use ureq::http;
+
+pub const MERGE: &str = "application/merge-patch+json";
+pub const STRATEGIC: &str = "application/strategic-merge-patch+json";
+
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    agent: ureq::Agent,
+    stream_agent: ureq::Agent,
+    token: String,
+}
+
+impl Api {
+    pub fn new(base: &str, ca_file: &Path, token: &str) -> Api {
+        let pem = std::fs::read(ca_file).expect("read CA");
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
+        let builder = || {
+            ureq::Agent::config_builder()
+                .tls_config(tls.clone())
+                .proxy(None)
+                .http_status_as_error(false)
+                .user_agent("e2e-harness")
+                .timeout_connect(Some(Duration::from_secs(5)))
+        };
+        Api {
+            base: base.to_string(),
+            agent: builder()
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .new_agent(),
+            stream_agent: builder()
+                .timeout_per_read(Some(Duration::from_secs(2)))
+                .build()
+                .new_agent(),
+            token: token.to_string(),
+        }
+    }
+
+    /// Any call; returns the status and the JSON body (Null when not JSON). Transport
+    /// errors come back as status 0.
+    pub fn call(&self, method: &str, path: &str, body: Option<(&str, &Value)>) -> (u16, Value) {
+        let builder = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Accept", "application/json");
+        let result = match body {
+            Some((ct, v)) => self.agent.run(
+                builder
+                    .header("Content-Type", ct)
+                    .body(serde_json::to_vec(v).unwrap())
+                    .unwrap(),
+            ),
+            None => self.agent.run(builder.body(()).unwrap()),
+        };
+        match result {
+            Ok(mut resp) => {
+                let code = resp.status().as_u16();
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Err(e) => (0, Value::String(e.to_string())),
+        }
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<(&str, &Value)>) -> Value {
+        let (code, v) = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&code),
+            "{method} {path} answered {code}: {v}"
+        );
+        v
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        self.ok("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        self.ok("POST", path, Some(("application/json", body)))
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Value {
+        self.ok("PUT", path, Some(("application/json", body)))
+    }
+
+    pub fn patch(&self, path: &str, content_type: &str, body: &Value) -> Value {
+        self.ok("PATCH", path, Some((content_type, body)))
+    }
+
+    pub fn delete(&self, path: &str, body: &Value) -> Value {
+        self.ok("DELETE", path, Some(("application/json", body)))
+    }
+
+    /// Opens a watch and calls `f` with each event until it returns false or the read
+    /// times out (2 s of silence: the caller decides whether to reopen).
+    pub fn stream(&self, path: &str, mut f: impl FnMut(Value) -> bool) -> Result<bool, String> {
+        let req = http::Request::builder()
+            .method("GET")
+            .uri(format!("{}{}", self.base, path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .body(())
+            .unwrap();
+        let resp = self.stream_agent.run(req).map_err(|e| e.to_string())?;
+        if resp.status().as_u16() != 200 {
+            return Err(format!("watch answered {}", resp.status()));
+        }
+        let mut reader = BufReader::new(resp.into_body().into_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {
+                    let v: Value = serde_json::from_str(line.trim()).map_err(|e| e.to_string())?;
+                    if !f(v) {
+                        return Ok(false);
+                    }
+                }
+                Err(_) => return Ok(true),
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! A real control plane on loopback: etcd and kube-apiserver, built from Go modules by
+//! tests/control-plane/build.sh. RBAC authorization, a test CA with a serving certificate
+//! for 127.0.0.1, service-account signing keys, an admin token for the harness and an
+//! audit log of every lease and pod request.
+
+use super::api::Api;
+use super::process::spawn_long_lived;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// kube-apiserver --min-request-timeout (seconds): how soon the server ends watches
+    /// that did not ask for timeoutSeconds.
+    pub min_request_timeout: Option<u32>,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub api: Api,
+    bin: PathBuf,
+    etcd: Mutex<Child>,
+    apiserver: Mutex<Child>,
+    apiserver_args: Vec<String>,
+    pub kubeconfig: PathBuf,
+}
+
+/// The folder with etcd and kube-apiserver; builds them the first time. Fails loudly.
+pub fn control_plane_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/control-plane/build.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "the control plane could not be built: see the messages above from {}. \
+             The end-to-end suite needs a real kube-apiserver and etcd; it never skips.",
+            script.display()
+        );
+        let dir = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        PathBuf::from(dir)
+    })
+    .clone()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run_ok(Command::new("openssl").args(args).current_dir(dir));
+}
+
+/// A fresh folder for one control plane. Old folders of dead test processes are removed.
+fn workdir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let root = std::env::temp_dir().join("leader-labeler-e2e");
+    std::fs::create_dir_all(&root).unwrap();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    let dir = root.join(format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_pki(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=leader-labeler-e2e-ca",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    openssl(dir, &["genrsa", "-out", "sa.key", "2048"]);
+    openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+    std::fs::write(
+        dir.join("tokens.csv"),
+        format!("{ADMIN_TOKEN},e2e-admin,e2e-admin-uid,\"system:masters\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("audit.yaml"),
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n  - level: Metadata\n    resources:\n      - group: coordination.k8s.io\n        resources: [\"leases\"]\n      - group: \"\"\n        resources: [\"pods\", \"pods/status\"]\n  - level: None\n",
+    )
+    .unwrap();
+}
+
+impl Cluster {
+    /// One control plane for the whole test binary, started on first use.
+    pub fn shared() -> &'static Cluster {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| Cluster::start(ClusterOptions::default()))
+    }
+
+    pub fn start(opts: ClusterOptions) -> Cluster {
+        let bin = control_plane_bin();
+        let dir = workdir();
+        write_pki(&dir);
+        let etcd_port = free_port();
+        let peer_port = free_port();
+        let port = free_port();
+        let etcd = spawn_logged(
+            &dir,
+            "etcd",
+            Command::new(bin.join("etcd")).args([
+                format!("--data-dir={}", dir.join("etcd-data").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ]),
+        );
+        let d = |f: &str| dir.join(f).display().to_string();
+        let mut args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--cert-dir={}", d("certs")),
+            format!("--tls-cert-file={}", d("server.crt")),
+            format!("--tls-private-key-file={}", d("server.key")),
+            format!("--client-ca-file={}", d("ca.crt")),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            format!("--service-account-issuer=https://127.0.0.1:{port}/"),
+            format!("--service-account-key-file={}", d("sa.pub")),
+            format!("--service-account-signing-key-file={}", d("sa.key")),
+            format!("--token-auth-file={}", d("tokens.csv")),
+            format!("--audit-policy-file={}", d("audit.yaml")),
+            format!("--audit-log-path={}", d("audit.log")),
+            "--audit-log-mode=blocking".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--v=0".into(),
+        ];
+        if let Some(t) = opts.min_request_timeout {
+            args.push(format!("--min-request-timeout={t}"));
+        }
+        let apiserver = spawn_logged(
+            &dir,
+            "kube-apiserver",
+            Command::new(bin.join("kube-apiserver")).args(&args),
+        );
+        let api = Api::new(
+            &format!("https://127.0.0.1:{port}"),
+            &dir.join("ca.crt"),
+            ADMIN_TOKEN,
+        );
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster: {{server: \"https://127.0.0.1:{port}\", certificate-authority: \"{}\"}}\nusers:\n- name: admin\n  user: {{token: {ADMIN_TOKEN}}}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: admin}}\ncurrent-context: e2e\n",
+                d("ca.crt")
+            ),
+        )
+        .unwrap();
+        let c = Cluster {
+            dir,
+            port,
+            api,
+            bin,
+            etcd: Mutex::new(etcd),
+            apiserver: Mutex::new(apiserver),
+            apiserver_args: args,
+            kubeconfig,
+        };
+        c.wait_ready();
+        c
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (code, _) = self.api.call("GET", "/readyz", None);
+            if code == 200 {
+                return;
+            }
+            if let Ok(Some(status)) = self.apiserver.lock().unwrap().try_wait() {
+                panic!(
+                    "kube-apiserver exited ({status}) while starting:\n{}",
+                    tail(&self.dir.join("kube-apiserver.log"), 30)
+                );
+            }
+            if let Ok(Some(status)) = self.etcd.lock().unwrap().try_wait() {
+                panic!(
+                    "etcd exited ({status}):\n{}",
+                    tail(&self.dir.join("etcd.log"), 30)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready after 90 s:\n{}",
+                tail(&self.dir.join("kube-apiserver.log"), 30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills kube-apiserver (SIGKILL) and leaves it down.
+    pub fn stop_apiserver(&self) {
+        let mut child = self.apiserver.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts kube-apiserver again on the same etcd, port and certificates.
+    pub fn start_apiserver(&self) {
+        let child = spawn_logged(
+            &self.dir,
+            "kube-apiserver",
+            Command::new(self.bin.join("kube-apiserver")).args(&self.apiserver_args),
+        );
+        *self.apiserver.lock().unwrap() = child;
+        self.wait_ready();
+    }
+
+    /// Runs kubectl against this cluster as admin.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        let mut cmd = Command::new("kubectl");
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl is needed by the e2e suite");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in [&self.apiserver, &self.etcd] {
+            let mut c = child.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
+    let mut owned = std::mem::replace(cmd, Command::new("true"));
+    owned
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    spawn_long_lived(owned).unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<_> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,250 @@
+//! A fresh namespace per test, with the ServiceAccount, Role and RoleBinding applied from
+//! deploy/rbac.yaml itself, a real service-account token from the TokenRequest API, and
+//! plain Pod objects whose readiness and deletion the test drives.
+
+use super::api::{Api, MERGE, STRATEGIC};
+use super::cluster::Cluster;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ELECTION: &str = "my-app";
+pub const LEADER_KEY: &str = "my-app/is-leader";
+pub const PARTICIPANT_KEY: &str = "my-app/participant";
+pub const SERVICE_ACCOUNT: &str = "leader-labeler";
+
+pub struct Namespace<'c> {
+    pub cluster: &'c Cluster,
+    pub name: String,
+    pub api: Api,
+    pub dir: PathBuf,
+}
+
+/// deploy/rbac.yaml with the namespace substituted.
+pub fn rbac_manifest(namespace: &str) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"))
+        .expect("deploy/rbac.yaml");
+    text.replace("namespace: default", &format!("namespace: {namespace}"))
+}
+
+impl<'c> Namespace<'c> {
+    /// Creates `<prefix>-<pid>-<n>` and applies deploy/rbac.yaml there.
+    pub fn new(cluster: &'c Cluster, prefix: &str) -> Namespace<'c> {
+        Self::with_rbac(cluster, prefix, |m| m)
+    }
+
+    /// Like `new`, with the RBAC manifest edited first (for missing-permission tests).
+    pub fn with_rbac(
+        cluster: &'c Cluster,
+        prefix: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Namespace<'c> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        cluster.api.post(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        );
+        let out = cluster.kubectl(&["apply", "-f", "-"], Some(&edit(rbac_manifest(&name))));
+        assert!(
+            out.status.success(),
+            "kubectl apply deploy/rbac.yaml failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = cluster.dir.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ns = Namespace {
+            cluster,
+            api: cluster.api.clone(),
+            name,
+            dir,
+        };
+        let token = ns.request_token();
+        ns.write_token(&token);
+        ns.wait_for_rbac(&token);
+        ns
+    }
+
+    fn request_token(&self) -> String {
+        let v = self.api.post(
+            &format!(
+                "/api/v1/namespaces/{}/serviceaccounts/{SERVICE_ACCOUNT}/token",
+                self.name
+            ),
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                    "spec": {"expirationSeconds": 3600}}),
+        );
+        v["status"]["token"].as_str().expect("token").to_string()
+    }
+
+    /// A new, valid token for the service account (as the kubelet's rotation would give).
+    pub fn fresh_token(&self) -> String {
+        self.request_token()
+    }
+
+    /// RBAC caches bindings for a moment: wait until the service account may list pods.
+    fn wait_for_rbac(&self, token: &str) {
+        let sa = Api::new(&self.cluster.server_url(), &self.cluster.ca_file(), token);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, body) = sa.call(
+                "GET",
+                &format!("/api/v1/namespaces/{}/pods", self.name),
+                None,
+            );
+            if code == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "RBAC never allowed the service account: {code} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Deletes and recreates the ServiceAccount: every token issued before is now
+    /// rejected with 401 (bound tokens name the account's uid).
+    pub fn recreate_service_account(&self) {
+        let path = format!("/api/v1/namespaces/{}/serviceaccounts", self.name);
+        self.api
+            .delete(&format!("{path}/{SERVICE_ACCOUNT}"), &json!({}));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, _) = self.api.call(
+                "POST",
+                &path,
+                Some((
+                    "application/json",
+                    &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}}),
+                )),
+            );
+            if code == 201 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cannot recreate the service account: {code}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    /// Replaces the token file atomically, as the kubelet does.
+    pub fn write_token(&self, token: &str) {
+        let tmp = self.dir.join("token.tmp");
+        std::fs::write(&tmp, token).unwrap();
+        std::fs::rename(&tmp, self.token_file()).unwrap();
+    }
+
+    fn pods(&self) -> String {
+        format!("/api/v1/namespaces/{}/pods", self.name)
+    }
+
+    /// A plain Pod: nothing runs it; the test drives its status.
+    pub fn create_pod(&self, name: &str, ready: bool) -> Value {
+        self.create_pod_with_grace(name, ready, 30)
+    }
+
+    pub fn create_pod_with_grace(&self, name: &str, ready: bool, grace: u64) -> Value {
+        self.api.post(
+            &self.pods(),
+            &json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": "my-app"}},
+                "spec": {
+                    "nodeName": "e2e-node",
+                    "serviceAccountName": SERVICE_ACCOUNT,
+                    "terminationGracePeriodSeconds": grace,
+                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
+                }
+            }),
+        );
+        self.set_ready(name, ready)
+    }
+
+    /// Sets the Ready condition through the status subresource, as the kubelet would.
+    pub fn set_ready(&self, name: &str, ready: bool) -> Value {
+        let status = if ready { "True" } else { "False" };
+        self.api.patch(
+            &format!("{}/{name}/status", self.pods()),
+            STRATEGIC,
+            &json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": status},
+                {"type": "ContainersReady", "status": status}
+            ]}}),
+        )
+    }
+
+    /// Graceful delete: sets deletionTimestamp; nothing finalizes it without a kubelet.
+    pub fn delete_pod(&self, name: &str, grace_seconds: u64) {
+        self.api.delete(
+            &format!("{}/{name}", self.pods()),
+            &json!({"gracePeriodSeconds": grace_seconds}),
+        );
+    }
+
+    pub fn force_delete(&self, name: &str) {
+        let _ = self.api.call(
+            "DELETE",
+            &format!("{}/{name}", self.pods()),
+            Some(("application/json", &json!({"gracePeriodSeconds": 0}))),
+        );
+    }
+
+    pub fn get_pod(&self, name: &str) -> Value {
+        self.api.get(&format!("{}/{name}", self.pods()))
+    }
+
+    pub fn label(&self, pod: &str, key: &str) -> Option<String> {
+        self.get_pod(pod)["metadata"]["labels"][key]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    pub fn set_label(&self, pod: &str, key: &str, value: &str) {
+        self.api.patch(
+            &format!("{}/{pod}", self.pods()),
+            MERGE,
+            &json!({"metadata": {"labels": {key: value}}}),
+        );
+    }
+
+    pub fn get_lease(&self) -> Option<Value> {
+        let (code, v) = self.api.call(
+            "GET",
+            &format!(
+                "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{ELECTION}",
+                self.name
+            ),
+            None,
+        );
+        match code {
+            200 => Some(v),
+            404 => None,
+            other => panic!("get lease: {other} {v}"),
+        }
+    }
+}
+
+impl Drop for Namespace<'_> {
+    fn drop(&mut self) {
+        // Pods never finalize without a kubelet: remove them so the namespace is clean.
+        if let (200, list) = self.api.call("GET", &self.pods(), None) {
+            for p in list["items"].as_array().cloned().unwrap_or_default() {
+                if let Some(n) = p["metadata"]["name"].as_str() {
+                    self.force_delete(n);
+                }
+            }
+        }
+    }
+}

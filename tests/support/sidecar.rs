@@ -1,0 +1,136 @@
+//! The real leader-labeler binary, one process per pod.
+
+use super::namespace::{Namespace, ELECTION};
+use super::process::{signal, spawn_scoped};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_leader-labeler");
+
+/// Test timings: lease 3s, renew deadline 2s, retry 500ms.
+pub const FAST: [&str; 3] = [
+    "--lease-duration=3s",
+    "--renew-deadline=2s",
+    "--retry-period=500ms",
+];
+
+pub struct Sidecar {
+    pub pod: String,
+    child: Child,
+    pub log: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+pub struct SidecarOptions<'a> {
+    /// Defaults to the cluster's URL (a proxy's URL to cut it off later).
+    pub server: Option<String>,
+    pub extra: &'a [&'a str],
+}
+
+impl Sidecar {
+    pub fn spawn(ns: &Namespace, pod: &str, extra: &[&str]) -> Sidecar {
+        Self::spawn_with(
+            ns,
+            pod,
+            SidecarOptions {
+                server: None,
+                extra,
+            },
+        )
+    }
+
+    pub fn spawn_with(ns: &Namespace, pod: &str, opts: SidecarOptions) -> Sidecar {
+        let log = ns.dir.join(format!("{pod}.{}.log", now_ms()));
+        let file = std::fs::File::create(&log).unwrap();
+        let server = opts.server.unwrap_or_else(|| ns.cluster.server_url());
+        let mut cmd = Command::new(BIN);
+        cmd.arg(format!("--election-name={ELECTION}"))
+            .arg(format!("--pod-name={pod}"))
+            .arg(format!("--namespace={}", ns.name))
+            .arg(format!("--server={server}"))
+            .arg(format!("--token-file={}", ns.token_file().display()))
+            .arg(format!("--ca-file={}", ns.cluster.ca_file().display()))
+            .args(FAST)
+            .args(opts.extra)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = spawn_scoped(cmd).expect("start leader-labeler");
+        Sidecar {
+            pod: pod.to_string(),
+            child,
+            log,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn sigterm(&self) {
+        signal(self.pid(), libc::SIGTERM);
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Waits for the process to exit, polling its status (a child's exit is an event we
+    /// can only poll for without a reaper thread).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.pod,
+                self.log.display(),
+                self.output()
+            );
+        }
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
