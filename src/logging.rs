@@ -1,7 +1,9 @@
 //! Log setup: one line per event, with a UTC timestamp, to stderr. `RUST_LOG` sets the
 //! levels (default info); `-v` turns on the API trace (target `api`), `-vv` its bodies.
 
+use crate::kube::types::micro_time;
 use std::io::Write;
+use std::time::SystemTime;
 
 pub fn init(verbosity: u8) {
     let mut b = env_logger::Builder::new();
@@ -19,7 +21,9 @@ pub fn init(verbosity: u8) {
         }
     }
     b.format(|buf, record| {
-        let ts = buf.timestamp_millis();
+        // UTC with milliseconds, like 2026-01-02T03:04:05.123Z.
+        let micro = micro_time(SystemTime::now());
+        let ts = format!("{}Z", &micro[..23]);
         if record.target() == "api" {
             writeln!(buf, "{ts} api   {}", record.args())
         } else {

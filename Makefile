@@ -1,0 +1,80 @@
+# leader-labeler: build, test, ship. `make` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+REGISTRY ?= ghcr.io/middlendian
+IMAGE    ?= $(REGISTRY)/leader-labeler:$(VERSION)
+MUSL     := x86_64-unknown-linux-musl
+ARM64    := aarch64-unknown-linux-musl
+STATIC_BIN := target/$(MUSL)/release/leader-labeler
+ARM64_BIN  := target/$(ARM64)/release/leader-labeler
+TARBALL  := target/leader-labeler-$(VERSION).tar
+
+# ring's C code for the musl targets.
+export CC_x86_64_unknown_linux_musl ?= $(shell command -v musl-gcc >/dev/null && echo musl-gcc || echo gcc)
+export CC_aarch64_unknown_linux_musl ?= aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER ?= aarch64-linux-gnu-gcc
+
+.PHONY: help build static static-arm64 control-plane test test-unit test-e2e demo image image-tar image-check docker-build docker-push bench fmt lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+build: ## Release build for this machine
+	cargo build --release
+
+static: ## Static x86_64 musl binary for the scratch image
+	@scripts/deps.sh musl
+	cargo build --release --target $(MUSL)
+	@ls -l $(STATIC_BIN) | awk '{printf "static binary: %s (%d bytes)\n", $$9, $$5}'
+
+static-arm64: ## Static aarch64 musl binary, checked under qemu
+	@scripts/deps.sh arm64
+	cargo build --release --target $(ARM64)
+	@ls -l $(ARM64_BIN) | awk '{printf "arm64 binary: %s (%d bytes)\n", $$9, $$5}'
+	qemu-aarch64 $(ARM64_BIN) --version
+
+control-plane: ## Build etcd + kube-apiserver for the tests (cached outside the tree)
+	@tests/control-plane/build.sh >/dev/null
+
+test: control-plane ## Every test: unit, process, end-to-end against a real API server, image
+	cargo test --all-targets
+	$(MAKE) image-check
+
+test-unit: ## Unit tests of the pure parts only (no cluster)
+	cargo test --lib --test cli
+
+test-e2e: control-plane ## End-to-end scenarios only
+	cargo test --test e2e
+
+demo: control-plane ## Live demo: local control plane, three pods, handovers measured
+	cargo run --release --quiet --example demo
+
+image: static ## Build the container image
+	@scripts/deps.sh image
+	scripts/image.sh build $(IMAGE)
+
+image-tar: image ## Save the image as a tarball for air-gapped clusters
+	scripts/image.sh tar $(IMAGE) $(TARBALL)
+
+image-check: image ## Build the image and run --version inside it
+	scripts/image.sh check $(IMAGE)
+
+docker-build: image ## Same as image (the name the docs use)
+
+docker-push: image ## Push the image; set REGISTRY=your-registry.io/your-org
+	scripts/image.sh push $(IMAGE)
+
+bench: control-plane ## Benchmarks: leader-labeler side by side with a client-go sidecar
+	bench/run.sh
+
+fmt: ## Format the code
+	cargo fmt --all
+
+lint: ## rustfmt check and clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+clean: ## Remove build output
+	cargo clean
