@@ -504,3 +504,68 @@ fn ten_sidecars_at_once() {
         );
     }
 }
+
+/// Issue 4: every shipped manifest passes the real API server's validation (server-side
+/// dry run), and the kustomization re-targets the RBAC subject to another namespace.
+#[test]
+fn deploy_manifests_pass_server_side_dry_run() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "manifests");
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    for f in [
+        "deployment.yaml",
+        "service.yaml",
+        "statefulset.yaml",
+        "native-sidecar.yaml",
+    ] {
+        let path = format!("{deploy}/{f}");
+        let out = cluster.kubectl(
+            &["apply", "--dry-run=server", "-n", &ns.name, "-f", &path],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // kubectl apply -k with a namespace override, as the kustomization's comment says.
+    let overlay = ns.dir.join("overlay");
+    std::fs::create_dir_all(&overlay).unwrap();
+    let rel = relative(&overlay, std::path::Path::new(deploy));
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {}\nresources:\n  - {rel}\n", ns.name),
+    )
+    .unwrap();
+    let out = cluster.kubectl(
+        &["apply", "--dry-run=server", "-k", overlay.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "kustomization: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = cluster.kubectl(&["kustomize", overlay.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        text.contains(&format!("  namespace: {}\n", ns.name)),
+        "{text}"
+    );
+    assert!(!text.contains("namespace: default"), "{text}");
+}
+
+/// A relative path from `from` (a folder) to `to`: kustomize refuses absolute ones.
+fn relative(from: &std::path::Path, to: &std::path::Path) -> String {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".into(); from.len() - common];
+    parts.extend(
+        to[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    parts.join("/")
+}
