@@ -49,6 +49,7 @@ test-e2e: control-plane ## End-to-end scenarios only
 	cargo test --test e2e
 
 demo: control-plane ## Live demo: local control plane, three pods, handovers measured
+	cargo build --release --quiet
 	cargo run --release --quiet --example demo
 
 image: static ## Build the container image

@@ -11,8 +11,13 @@ pub mod process;
 pub mod proxy;
 pub mod sidecar;
 
+#[allow(unused_imports)]
 pub use cluster::{Cluster, ClusterOptions};
+#[allow(unused_imports)]
 pub use namespace::{Namespace, LEADER_KEY, PARTICIPANT_KEY};
+#[allow(unused_imports)]
 pub use observer::Observer;
+#[allow(unused_imports)]
 pub use proxy::Proxy;
+#[allow(unused_imports)]
 pub use sidecar::{Sidecar, SidecarOptions};

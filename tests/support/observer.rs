@@ -253,6 +253,16 @@ impl Observer {
         self.with(State::gaps)
     }
 
+    /// Waits for any new pod event after `seen` events; returns the new count.
+    pub fn next_event(&self, seen: u64, timeout: Duration) -> u64 {
+        let (lock, cv) = &*self.shared;
+        let state = lock.lock().unwrap();
+        let (state, _) = cv
+            .wait_timeout_while(state, timeout, |s| s.events <= seen)
+            .unwrap();
+        state.events
+    }
+
     pub fn history_len(&self) -> usize {
         self.with(|s| s.history.len())
     }

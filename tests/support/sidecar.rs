@@ -6,7 +6,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_leader-labeler");
+/// The binary under test: cargo's for integration tests, the release build otherwise
+/// (the demo example runs after `cargo build --release`).
+pub fn bin() -> std::path::PathBuf {
+    match option_env!("CARGO_BIN_EXE_leader-labeler") {
+        Some(p) => p.into(),
+        None => concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/leader-labeler").into(),
+    }
+}
 
 /// Test timings: lease 3s, renew deadline 2s, retry 500ms.
 pub const FAST: [&str; 3] = [
@@ -44,7 +51,7 @@ impl Sidecar {
         let log = ns.dir.join(format!("{pod}.{}.log", now_ms()));
         let file = std::fs::File::create(&log).unwrap();
         let server = opts.server.unwrap_or_else(|| ns.cluster.server_url());
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg(format!("--election-name={ELECTION}"))
             .arg(format!("--pod-name={pod}"))
             .arg(format!("--namespace={}", ns.name))
