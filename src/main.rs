@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             call_timeout,
             watch_idle_timeout,
             verbosity: cfg.verbosity,
+            identity: cfg.pod_name.clone(),
         },
     ) {
         Ok(c) => c,

@@ -83,6 +83,8 @@ pub struct ClientOptions {
     /// A watch that delivers nothing for this long is treated as dead.
     pub watch_idle_timeout: Duration,
     pub verbosity: u8,
+    /// Added to the User-Agent, so audit logs tell the pods apart.
+    pub identity: String,
 }
 
 impl Client {
@@ -113,7 +115,11 @@ impl Client {
             }
             None => ureq::tls::TlsConfig::default(),
         };
-        let user_agent = format!("leader-labeler/{}", env!("CARGO_PKG_VERSION"));
+        let user_agent = format!(
+            "leader-labeler/{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            opts.identity
+        );
         let builder = || {
             Agent::config_builder()
                 .tls_config(tls.clone())
