@@ -126,6 +126,10 @@ impl Client {
                 .proxy(None)
                 .http_status_as_error(false)
                 .user_agent(&user_agent)
+                // ureq's 128 KiB defaults, per connection, are most of a small
+                // process's memory; API objects here are a few KiB.
+                .input_buffer_size(32 * 1024)
+                .output_buffer_size(16 * 1024)
                 .timeout_connect(Some(opts.call_timeout.min(Duration::from_secs(5))))
         };
         let agent = builder()

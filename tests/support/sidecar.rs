@@ -36,6 +36,7 @@ pub struct SidecarOptions<'a> {
 }
 
 impl Sidecar {
+    /// leader-labeler with the fast test timings.
     pub fn spawn(ns: &Namespace, pod: &str, extra: &[&str]) -> Sidecar {
         Self::spawn_with(
             ns,
@@ -48,24 +49,37 @@ impl Sidecar {
     }
 
     pub fn spawn_with(ns: &Namespace, pod: &str, opts: SidecarOptions) -> Sidecar {
+        let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+        args.extend(opts.extra.iter().map(|s| s.to_string()));
+        Self::spawn_program(ns, pod, &bin(), opts.server, &args)
+    }
+
+    /// Any sidecar program that takes leader-labeler's connection flags (the client-go
+    /// baseline does), with exactly `args` after them.
+    pub fn spawn_program(
+        ns: &Namespace,
+        pod: &str,
+        program: &std::path::Path,
+        server: Option<String>,
+        args: &[String],
+    ) -> Sidecar {
         let log = ns.dir.join(format!("{pod}.{}.log", now_ms()));
         let file = std::fs::File::create(&log).unwrap();
-        let server = opts.server.unwrap_or_else(|| ns.cluster.server_url());
-        let mut cmd = Command::new(bin());
+        let server = server.unwrap_or_else(|| ns.cluster.server_url());
+        let mut cmd = Command::new(program);
         cmd.arg(format!("--election-name={ELECTION}"))
             .arg(format!("--pod-name={pod}"))
             .arg(format!("--namespace={}", ns.name))
             .arg(format!("--server={server}"))
             .arg(format!("--token-file={}", ns.token_file().display()))
             .arg(format!("--ca-file={}", ns.cluster.ca_file().display()))
-            .args(FAST)
-            .args(opts.extra)
+            .args(args)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file);
-        let child = spawn_scoped(cmd).expect("start leader-labeler");
+        let child = spawn_scoped(cmd).expect("start sidecar");
         Sidecar {
             pod: pod.to_string(),
             child,

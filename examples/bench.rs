@@ -1,0 +1,445 @@
+//! `make bench`: leader-labeler and a client-go sidecar (bench/baseline), measured the
+//! same way on the same local control plane in one run, with the default timings
+//! (15s / 10s / 2s). Prints a table and writes bench/results.json and bench/RESULTS.md.
+//!
+//! Usage: bench --baseline PATH [--quick]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use leader_labeler::kube::types::micro_time;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+use support::{Cluster, ClusterOptions, Namespace, Observer, Sidecar};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Impl {
+    LeaderLabeler,
+    ClientGo,
+}
+
+struct Bench {
+    cluster: Cluster,
+    baseline: PathBuf,
+    /// The static musl binary, as shipped in the image.
+    static_bin: PathBuf,
+    handovers: usize,
+    crashes: usize,
+    steady: Duration,
+    growth_window: Duration,
+}
+
+impl Impl {
+    fn name(self) -> &'static str {
+        match self {
+            Impl::LeaderLabeler => "leader-labeler",
+            Impl::ClientGo => "client-go",
+        }
+    }
+
+    /// The User-Agent prefix its requests carry in the audit log.
+    fn agent(self) -> &'static str {
+        match self {
+            Impl::LeaderLabeler => "leader-labeler/",
+            Impl::ClientGo => "client-go-baseline",
+        }
+    }
+}
+
+fn percentile(samples: &[f64], p: f64) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    Some((s[idx] * 10.0).round() / 10.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Peak RSS (KiB) and CPU seconds (user + system) of a process, from /proc.
+fn proc_stats(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // schedstat's first field: nanoseconds on CPU, far finer than clock ticks. It is per
+    // thread, so sum over the process's threads.
+    let cpu_ns: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| {
+                    s.split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                })
+                .sum()
+        })
+        .unwrap_or(0.0);
+    (hwm, cpu_ns / 1e9)
+}
+
+/// Requests per user agent between two wall-clock times, from the audit log. A watch
+/// counts once, when it starts; every other request when it completes.
+fn audit_counts(log: &Path, from: &str, to: &str) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let stage = v["stage"].as_str().unwrap_or("");
+        let watch = v["verb"] == "watch";
+        if (watch && stage != "ResponseStarted") || (!watch && stage != "ResponseComplete") {
+            continue;
+        }
+        let ts = v["stageTimestamp"].as_str().unwrap_or("");
+        if ts < from || ts >= to {
+            continue;
+        }
+        let ua = v["userAgent"].as_str().unwrap_or("").to_string();
+        *counts.entry(ua).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn pod_of(agent: &str) -> Option<&str> {
+    agent.rsplit_once('(').map(|(_, p)| p.trim_end_matches(')'))
+}
+
+impl Bench {
+    fn spawn(&self, ns: &Namespace, imp: Impl, pod: &str) -> Sidecar {
+        match imp {
+            Impl::LeaderLabeler => Sidecar::spawn_program(ns, pod, &self.static_bin, None, &[]),
+            Impl::ClientGo => Sidecar::spawn_program(ns, pod, &self.baseline, None, &[]),
+        }
+    }
+
+    fn setup(
+        &self,
+        imp: Impl,
+        tag: &str,
+        pods: &[String],
+    ) -> (Namespace<'_>, Observer, Vec<Sidecar>) {
+        let ns = Namespace::new(&self.cluster, &format!("{tag}-{}", imp.name()));
+        for p in pods {
+            ns.create_pod(p, true);
+        }
+        let observer = Observer::start(&ns).lenient();
+        let sidecars = pods.iter().map(|p| self.spawn(&ns, imp, p)).collect();
+        observer.wait_for_single_leader(Duration::from_secs(60));
+        (ns, observer, sidecars)
+    }
+
+    /// Planned handovers: SIGTERM the leader, measure the leaderless gap and any overlap,
+    /// restart its sidecar, repeat.
+    fn handover(&self, imp: Impl) -> (Vec<f64>, f64) {
+        let pods = vec!["pod-a".to_string(), "pod-b".to_string()];
+        let (ns, observer, mut sidecars) = self.setup(imp, "handover", &pods);
+        let mut gaps = vec![];
+        for i in 0..self.handovers {
+            std::thread::sleep(Duration::from_secs(1));
+            let leader = observer.leader().expect("a leader");
+            let idx = pods.iter().position(|p| *p == leader).unwrap();
+            let before = observer.gaps().len();
+            sidecars[idx].sigterm();
+            observer.wait_until(Duration::from_secs(30), "a new leader", |s| {
+                s.leader().is_some_and(|l| l != leader)
+            });
+            let g = observer.gaps();
+            if g.len() > before {
+                let (a, b) = g[g.len() - 1];
+                gaps.push(ms(b - a));
+            } else {
+                gaps.push(0.0);
+            }
+            sidecars[idx].wait_exit(Duration::from_secs(30));
+            sidecars[idx] = self.spawn(&ns, imp, &leader);
+            eprintln!("  {} handover {}: gap {:.1} ms", imp.name(), i + 1, gaps[i]);
+        }
+        let overlap = observer
+            .with(|s| s.overlaps())
+            .into_iter()
+            .map(ms)
+            .fold(0.0, f64::max);
+        (gaps, overlap)
+    }
+
+    /// Crash failover: SIGKILL the leader; time until another pod is labeled leader.
+    fn crash(&self, imp: Impl) -> Vec<f64> {
+        let pods = vec![
+            "pod-a".to_string(),
+            "pod-b".to_string(),
+            "pod-c".to_string(),
+        ];
+        let (ns, observer, mut sidecars) = self.setup(imp, "crash", &pods);
+        let mut times = vec![];
+        for i in 0..self.crashes {
+            std::thread::sleep(Duration::from_secs(2));
+            let leader = observer.leader().expect("a leader");
+            let idx = pods.iter().position(|p| *p == leader).unwrap();
+            let t0 = Instant::now();
+            sidecars[idx].sigkill();
+            let seen = observer.wait_until(Duration::from_secs(60), "a new leader", |s| {
+                s.leader().is_some_and(|l| l != leader)
+            });
+            times.push(ms(seen - t0));
+            eprintln!("  {} crash {}: {:.0} ms", imp.name(), i + 1, times[i]);
+            sidecars[idx] = self.spawn(&ns, imp, &leader);
+        }
+        times
+    }
+
+    /// Unready failover: the leader's Ready condition goes False.
+    fn unready(&self, imp: Impl) -> Option<f64> {
+        let pods = vec!["pod-a".to_string(), "pod-b".to_string()];
+        let (ns, observer, _sidecars) = self.setup(imp, "unready", &pods);
+        std::thread::sleep(Duration::from_secs(2));
+        let leader = observer.leader().expect("a leader");
+        let t0 = Instant::now();
+        ns.set_ready(&leader, false);
+        let deadline = t0 + Duration::from_secs(20);
+        loop {
+            if observer.with(|s| s.leader().is_some_and(|l| l != leader)) {
+                let took = ms(t0.elapsed());
+                eprintln!("  {} unready failover: {took:.1} ms", imp.name());
+                return Some(took);
+            }
+            if Instant::now() >= deadline {
+                eprintln!("  {} unready failover: never (20 s)", imp.name());
+                return None;
+            }
+            observer.next_event(observer.with(|s| s.events), Duration::from_millis(200));
+        }
+    }
+
+    /// A steady-state window: requests per minute per pod, leader CPU, peak RSS.
+    fn steady(&self, imp: Impl, pods: usize, window: Duration) -> Steady {
+        let names: Vec<String> = (0..pods).map(|i| format!("pod-{i}")).collect();
+        let (_ns, observer, sidecars) = self.setup(imp, &format!("steady{pods}"), &names);
+        // Let start-up traffic settle.
+        std::thread::sleep(Duration::from_secs(5));
+        let leader = observer.leader().expect("a leader");
+        let cpu0: Vec<f64> = sidecars.iter().map(|s| proc_stats(s.pid()).1).collect();
+        let from = micro_time(SystemTime::now());
+        std::thread::sleep(window);
+        let to = micro_time(SystemTime::now());
+        let stats: Vec<(u64, f64)> = sidecars.iter().map(|s| proc_stats(s.pid())).collect();
+        std::thread::sleep(Duration::from_millis(500)); // audit log flush
+        let counts = audit_counts(&self.cluster.audit_log(), &from, &to);
+        let per_min = 60.0 / window.as_secs_f64();
+        let mut leader_rpm = 0.0;
+        let mut follower_rpm: f64 = 0.0;
+        let mut total = 0.0;
+        for (agent, n) in &counts {
+            if !agent.starts_with(imp.agent()) {
+                continue;
+            }
+            let Some(pod) = pod_of(agent) else { continue };
+            if !names.iter().any(|n| n == pod) {
+                continue;
+            }
+            let rpm = *n as f64 * per_min;
+            total += rpm;
+            if pod == leader {
+                leader_rpm = rpm;
+            } else {
+                follower_rpm = follower_rpm.max(rpm);
+            }
+        }
+        let li = names.iter().position(|n| *n == leader).unwrap();
+        Steady {
+            leader_rpm: (leader_rpm * 10.0).round() / 10.0,
+            follower_rpm: (follower_rpm * 10.0).round() / 10.0,
+            total_rpm: (total * 10.0).round() / 10.0,
+            peak_rss_kib: stats.iter().map(|s| s.0).max().unwrap_or(0),
+            leader_cpu_per_min: ((stats[li].1 - cpu0[li]) * per_min * 10_000.0).round() / 10_000.0,
+        }
+    }
+}
+
+struct Steady {
+    leader_rpm: f64,
+    follower_rpm: f64,
+    total_rpm: f64,
+    peak_rss_kib: u64,
+    leader_cpu_per_min: f64,
+}
+
+fn file_size(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let baseline = args
+        .iter()
+        .position(|a| a == "--baseline")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .expect("--baseline PATH (bench/run.sh passes it)");
+    let quick = args.iter().any(|a| a == "--quick");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let started = Instant::now();
+    let bench = Bench {
+        cluster: Cluster::start(ClusterOptions::default()),
+        baseline: baseline.clone(),
+        static_bin: root.join("target/x86_64-unknown-linux-musl/release/leader-labeler"),
+        handovers: if quick { 3 } else { 10 },
+        crashes: if quick { 2 } else { 5 },
+        steady: Duration::from_secs(if quick { 20 } else { 60 }),
+        growth_window: Duration::from_secs(if quick { 10 } else { 30 }),
+    };
+    let mut results = serde_json::Map::new();
+    let mut growth = vec![];
+    for imp in [Impl::LeaderLabeler, Impl::ClientGo] {
+        eprintln!("== {}", imp.name());
+        let (gaps, overlap) = bench.handover(imp);
+        let crashes = bench.crash(imp);
+        let unready = bench.unready(imp);
+        let steady = bench.steady(imp, 3, bench.steady);
+        eprintln!(
+            "  {} steady: leader {} req/min, follower {} req/min, peak RSS {} KiB, leader CPU {} s/min",
+            imp.name(),
+            steady.leader_rpm,
+            steady.follower_rpm,
+            steady.peak_rss_kib,
+            steady.leader_cpu_per_min
+        );
+        let (binary, image) = match imp {
+            Impl::LeaderLabeler => (
+                file_size(&root.join("target/x86_64-unknown-linux-musl/release/leader-labeler")),
+                std::fs::read_dir(root.join("target")).ok().and_then(|d| {
+                    d.flatten()
+                        .find(|e| e.file_name().to_string_lossy().ends_with(".tar"))
+                        .and_then(|e| file_size(&e.path()))
+                }),
+            ),
+            Impl::ClientGo => (file_size(&baseline), None),
+        };
+        results.insert(
+            imp.name().into(),
+            json!({
+                "handover_gap_ms": {"p50": percentile(&gaps, 50.0), "p95": percentile(&gaps, 95.0)},
+                "handover_overlap_ms": {"max": (overlap * 10.0).round() / 10.0},
+                "crash_failover_ms": {"p50": percentile(&crashes, 50.0), "p95": percentile(&crashes, 95.0)},
+                "unready_failover_ms": {"p50": unready.map(|u| (u * 10.0).round() / 10.0)},
+                "requests_per_min": {"leader": steady.leader_rpm, "follower": steady.follower_rpm},
+                "peak_rss_kib": steady.peak_rss_kib,
+                "cpu_seconds_per_min": steady.leader_cpu_per_min,
+                "binary_bytes": binary,
+                "image_bytes": image,
+                "samples": {"handovers": gaps.len(), "crashes": crashes.len()},
+            }),
+        );
+        for pods in [3usize, 10, 30] {
+            let s = bench.steady(imp, pods, bench.growth_window);
+            eprintln!(
+                "  {} growth {pods} pods: {} req/min, leader CPU {} s/min",
+                imp.name(),
+                s.total_rpm,
+                s.leader_cpu_per_min
+            );
+            growth.push(json!({"implementation": imp.name(), "pods": pods,
+                               "requests_per_min": s.total_rpm, "leader_cpu_seconds_per_min": s.leader_cpu_per_min}));
+        }
+    }
+    let out = json!({
+        "kubernetes": "v1.36.3",
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "timings": "lease 15s, renew deadline 10s, retry 2s",
+        "implementations": results,
+        "growth": growth,
+        "duration_seconds": started.elapsed().as_secs(),
+    });
+    std::fs::write(
+        root.join("bench/results.json"),
+        serde_json::to_string_pretty(&out).unwrap() + "\n",
+    )
+    .unwrap();
+    let md = report(&out, quick);
+    std::fs::write(root.join("bench/RESULTS.md"), &md).unwrap();
+    println!("{md}");
+}
+
+fn report(r: &Value, quick: bool) -> String {
+    let ll = &r["implementations"]["leader-labeler"];
+    let cg = &r["implementations"]["client-go"];
+    let fmt = |v: &Value| match v {
+        Value::Null => "never".to_string(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    };
+    let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if a > 0.0 => format!("{:.1}x", b / a),
+        (Some(_), None) => "n/a".into(),
+        _ => "-".into(),
+    };
+    let rows: Vec<(&str, &str)> = vec![
+        ("planned handover gap p50 (ms)", "/handover_gap_ms/p50"),
+        ("planned handover gap p95 (ms)", "/handover_gap_ms/p95"),
+        ("double-leader overlap max (ms)", "/handover_overlap_ms/max"),
+        ("crash failover p50 (ms)", "/crash_failover_ms/p50"),
+        ("crash failover p95 (ms)", "/crash_failover_ms/p95"),
+        ("unready failover (ms)", "/unready_failover_ms/p50"),
+        ("leader requests/min", "/requests_per_min/leader"),
+        ("follower requests/min", "/requests_per_min/follower"),
+        ("peak RSS (KiB)", "/peak_rss_kib"),
+        ("leader CPU (s/min)", "/cpu_seconds_per_min"),
+        ("binary (bytes)", "/binary_bytes"),
+        ("image (bytes)", "/image_bytes"),
+    ];
+    let mut s = String::from("# Benchmark results\n\n");
+    s += &format!(
+        "Kubernetes {} (local etcd + kube-apiserver), {} cores, default timings (lease 15s, renew 10s, retry 2s); {} handovers, {} crashes per implementation{}. Run in {} s by `make bench`.\n\n",
+        r["kubernetes"].as_str().unwrap_or(""),
+        r["cores"],
+        ll["samples"]["handovers"],
+        ll["samples"]["crashes"],
+        if quick { " (quick run)" } else { "" },
+        r["duration_seconds"]
+    );
+    s += "| measure | leader-labeler | client-go | client-go / leader-labeler |\n|---|---:|---:|---:|\n";
+    for (label, ptr) in rows {
+        let a = ll.pointer(ptr).cloned().unwrap_or(Value::Null);
+        let b = cg.pointer(ptr).cloned().unwrap_or(Value::Null);
+        let (fa, fb) = (fmt(&a), fmt(&b));
+        let fb = if ptr == "/image_bytes" && b.is_null() {
+            "not built".into()
+        } else {
+            fb
+        };
+        s += &format!("| {label} | {fa} | {fb} | {} |\n", ratio(&a, &b));
+    }
+    s += "\n## Growth (steady state, all pods together)\n\n| pods | leader-labeler req/min | client-go req/min | leader-labeler leader CPU s/min | client-go leader CPU s/min |\n|---:|---:|---:|---:|---:|\n";
+    for pods in [3, 10, 30] {
+        let g = |imp: &str, k: &str| {
+            r["growth"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|g| g["implementation"] == imp && g["pods"] == pods)
+                })
+                .map(|g| fmt(&g[k]))
+                .unwrap_or_default()
+        };
+        s += &format!(
+            "| {pods} | {} | {} | {} | {} |\n",
+            g("leader-labeler", "requests_per_min"),
+            g("client-go", "requests_per_min"),
+            g("leader-labeler", "leader_cpu_seconds_per_min"),
+            g("client-go", "leader_cpu_seconds_per_min")
+        );
+    }
+    s
+}
