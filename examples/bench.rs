@@ -120,7 +120,13 @@ fn pod_of(agent: &str) -> Option<&str> {
 impl Bench {
     fn spawn(&self, ns: &Namespace, imp: Impl, pod: &str) -> Sidecar {
         match imp {
-            Impl::LeaderLabeler => Sidecar::spawn_program(ns, pod, &self.static_bin, None, &[]),
+            Impl::LeaderLabeler => Sidecar::spawn_program(
+                ns,
+                pod,
+                &self.static_bin,
+                None,
+                &["--http-address=127.0.0.1:0".to_string()],
+            ),
             Impl::ClientGo => Sidecar::spawn_program(ns, pod, &self.baseline, None, &[]),
         }
     }

@@ -43,6 +43,11 @@ CONNECTION (default: in-cluster service account):
     --ca-file PATH              CA bundle to trust, and nothing else
                                 [default for https: the service-account ca.crt]
 
+FOR OPERATORS AND APPS:
+    --http-address ADDR         /healthz, /readyz, /metrics (Prometheus) and /leader
+                                (JSON); `off` disables [default: 0.0.0.0:8089]
+    --leader-file PATH          Keep `true` or `false` in this file (written atomically)
+
 OUTPUT:
     -v, --verbose               Trace every API call (method, path, status, latency);
                                 -vv adds bodies. The token is never printed.
@@ -119,6 +124,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         server: opt("--server")?,
         token_file: opt("--token-file")?,
         ca_file: opt("--ca-file")?,
+        http_address: opt("--http-address")?,
+        leader_file: opt("--leader-file")?,
         verbosity,
     };
     let rest = p.finish();

@@ -81,9 +81,17 @@ pub struct Config {
     /// --min-request-timeout). Defaults to 5m.
     pub watch_timeout: Option<Duration>,
     pub connection: Connection,
+    /// Where the health, metrics and leader endpoints listen; None: off. Defaults to
+    /// 0.0.0.0:8089.
+    pub http_address: Option<std::net::SocketAddr>,
+    /// A file kept holding `true` or `false`, for apps that read a shared volume.
+    pub leader_file: Option<PathBuf>,
     /// 0: normal logs; 1: one line per API call; 2: plus bodies.
     pub verbosity: u8,
 }
+
+/// The default listen address of the HTTP endpoints.
+pub const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0:8089";
 
 /// The command line as typed, before validation (see `cli`).
 #[derive(Debug, Default, Clone)]
@@ -101,6 +109,8 @@ pub struct RawArgs {
     pub server: Option<String>,
     pub token_file: Option<String>,
     pub ca_file: Option<String>,
+    pub http_address: Option<String>,
+    pub leader_file: Option<String>,
     pub verbosity: u8,
 }
 
@@ -247,6 +257,33 @@ impl Config {
         }
 
         let connection = connection(raw.server, raw.token_file, raw.ca_file, env)?;
+        let http_address = match raw.http_address.as_deref().unwrap_or(DEFAULT_HTTP_ADDRESS) {
+            "off" => None,
+            text => {
+                let full = if text.starts_with(':') {
+                    format!("0.0.0.0{text}")
+                } else {
+                    text.to_string()
+                };
+                Some(full.parse().map_err(|_| {
+                    ConfigError::new(
+                        "--http-address",
+                        text,
+                        "must be host:port (like 0.0.0.0:8089 or :8089), or off",
+                    )
+                })?)
+            }
+        };
+        let leader_file = match raw.leader_file {
+            Some(f) if f.is_empty() || f.ends_with('/') => {
+                return Err(ConfigError::new(
+                    "--leader-file",
+                    f,
+                    "must be a file path, like /shared/is-leader",
+                ))
+            }
+            other => other.map(PathBuf::from),
+        };
         Ok(Config {
             election_name,
             pod_name,
@@ -259,6 +296,8 @@ impl Config {
             resync_period,
             watch_timeout,
             connection,
+            http_address,
+            leader_file,
             verbosity: raw.verbosity,
         })
     }
@@ -665,6 +704,24 @@ mod tests {
         let e = env(&[("POD_NAME", "p")]);
         let c = Config::build(raw("x"), &e).unwrap_err();
         assert_eq!(c.flag, "--namespace");
+    }
+
+    #[test]
+    fn http_address_forms() {
+        let c = Config::build(raw("x"), &pod_env()).unwrap();
+        assert_eq!(c.http_address, Some("0.0.0.0:8089".parse().unwrap()));
+        let mut r = raw("x");
+        r.http_address = Some(":9000".into());
+        assert_eq!(
+            Config::build(r, &pod_env()).unwrap().http_address,
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        let mut r = raw("x");
+        r.http_address = Some("off".into());
+        assert_eq!(Config::build(r, &pod_env()).unwrap().http_address, None);
+        let mut r = raw("x");
+        r.http_address = Some("localhost".into());
+        assert!(err(r).starts_with("--http-address \"localhost\""));
     }
 
     #[test]

@@ -4,14 +4,18 @@
 
 use crate::backoff::{Backoff, Jitter, Streak};
 use crate::config::Config;
-use crate::core::{Action, Core, Exit, Now, Observation, Outcome, Settings};
+use crate::core::{Action, Core, Exit, Notice, Now, Observation, Outcome, Settings};
 use crate::kube::types::{lease_body, Lease, Pod};
 use crate::kube::{Client, KubeError};
 use crate::labels::Keys;
-use crate::{rbac, sensors};
+use crate::telemetry::{unix_now, Snapshot, Telemetry};
+use crate::{events, http, rbac, sensors};
 use serde_json::Value;
 use std::fmt;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why the sidecar could not run. Each is fatal: exit code 1.
@@ -41,14 +45,29 @@ impl fmt::Display for RunError {
 impl std::error::Error for RunError {}
 
 /// Runs the sidecar until it has drained. Returns how it ended.
-pub fn run(cfg: &Config, client: Client) -> Result<Exit, RunError> {
+pub fn run(cfg: &Config, client: Client, telemetry: Arc<Telemetry>) -> Result<Exit, RunError> {
     let (tx, rx) = mpsc::channel();
     // Signals first: a SIGTERM during start-up must not kill us with the default action.
     sensors::start_signal_sensor(tx.clone())
         .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
+    // The probes answer from the start, also while the API server is out of reach.
+    if let Some(addr) = cfg.http_address {
+        let bound = http::serve(&addr.to_string(), telemetry.clone())
+            .map_err(|e| RunError::Setup(format!("--http-address {addr}: cannot listen: {e}")))?;
+        log::info!("serving /healthz /readyz /metrics /leader on {bound}");
+    }
 
-    check_permissions(cfg, &client, &rx)?;
-    let own = read_own_pod(cfg, &client, &rx)?;
+    let events_allowed = check_permissions(cfg, &client, &rx, &telemetry)?;
+    let own = read_own_pod(cfg, &client, &rx, &telemetry)?;
+    let events = events::start(
+        client.clone(),
+        events_allowed,
+        events::Subject {
+            namespace: cfg.namespace.clone(),
+            pod: cfg.pod_name.clone(),
+            uid: own.uid.clone(),
+        },
+    );
 
     let mut core = Core::new(
         Settings {
@@ -82,22 +101,37 @@ pub fn run(cfg: &Config, client: Client) -> Result<Exit, RunError> {
     );
 
     let exec = Executor { cfg, client };
+    let mut report = Reporter {
+        telemetry,
+        events,
+        leader_file: cfg.leader_file.clone(),
+        written: None,
+        file_error_logged: false,
+        last_action: Duration::ZERO,
+    };
     loop {
         while let Some(action) = core.next_action(Now::system()) {
             if let Action::Exit(how) = action {
+                report.publish(&mut core);
                 return Ok(how);
             }
+            let started = std::time::Instant::now();
             let outcome = exec.execute(&action);
+            report.last_action = started.elapsed();
             core.complete(outcome, Now::system());
             // Fold in what the sensors saw meanwhile before deciding again.
             while let Ok(obs) = rx.try_recv() {
                 core.observe(obs, Now::system());
             }
+            report.publish(&mut core);
         }
+        report.publish(&mut core);
         let now = Now::system();
+        // Wake at least every few seconds: the heartbeat behind /healthz.
         let wait = core
             .next_wakeup(now.mono)
-            .map_or(Duration::from_secs(3600), |t| t - now.mono);
+            .map_or(HEARTBEAT, |t| t - now.mono)
+            .min(HEARTBEAT);
         match rx.recv_timeout(wait) {
             Ok(obs) => core.observe(obs, Now::system()),
             Err(RecvTimeoutError::Timeout) => {}
@@ -108,16 +142,127 @@ pub fn run(cfg: &Config, client: Client) -> Result<Exit, RunError> {
     }
 }
 
+/// The longest the controller sleeps without a turn of its loop.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Turns the core's state and notices into metrics, events and the leader file.
+struct Reporter {
+    telemetry: Arc<Telemetry>,
+    events: Sender<events::Event>,
+    leader_file: Option<PathBuf>,
+    /// What the leader file holds now.
+    written: Option<bool>,
+    file_error_logged: bool,
+    /// How long the last action took (the renewal latency when it was a renewal).
+    last_action: Duration,
+}
+
+impl Reporter {
+    fn publish(&mut self, core: &mut Core) {
+        for notice in core.take_notices() {
+            let event = |reason, message: String, kind| events::Event {
+                reason,
+                message,
+                kind,
+            };
+            let e = match notice {
+                Notice::Renewed { ok } => {
+                    self.telemetry.observe_renewal(ok, self.last_action);
+                    None
+                }
+                Notice::BecameLeader {
+                    transition,
+                    resumed,
+                } => {
+                    self.telemetry.transitions.fetch_add(1, Ordering::Relaxed);
+                    Some(event(
+                        "BecameLeader",
+                        if resumed {
+                            "resumed leadership after a restart of the sidecar".into()
+                        } else {
+                            format!("became leader (lease transition {transition})")
+                        },
+                        "Normal",
+                    ))
+                }
+                Notice::SteppedDown(why) => Some(event("SteppedDown", why, "Warning")),
+                Notice::DrainStarted(why) => Some(event("Draining", why, "Normal")),
+                Notice::HandedOver => Some(event(
+                    "HandedOver",
+                    "released the lease to a ready participant".into(),
+                    "Normal",
+                )),
+            };
+            if let Some(e) = e {
+                let _ = self.events.send(e);
+            }
+        }
+        let sum = core.summary();
+        let snapshot = Snapshot {
+            pod: String::new(),
+            is_leader: sum.is_leader,
+            leader: sum.holder,
+            participants: sum.participants,
+            draining: sum.draining,
+            connected: sum.connected,
+            renewed_at: sum.renewed_at,
+            renewed_unix: None,
+        };
+        let old = self.telemetry.snapshot();
+        let renewed_unix = if snapshot.renewed_at.is_some() && snapshot.renewed_at != old.renewed_at
+        {
+            Some(unix_now())
+        } else {
+            old.renewed_unix
+        };
+        let snapshot = Snapshot {
+            pod: old.pod.clone(),
+            renewed_unix,
+            ..snapshot
+        };
+        if snapshot != old {
+            self.telemetry.publish(snapshot);
+        } else {
+            self.telemetry.beat();
+        }
+        self.write_leader_file(sum.is_leader);
+    }
+
+    fn write_leader_file(&mut self, is_leader: bool) {
+        let Some(path) = &self.leader_file else {
+            return;
+        };
+        if self.written == Some(is_leader) {
+            return;
+        }
+        // Write a sibling, then rename: readers never see a half-written file.
+        let tmp = path.with_extension("tmp");
+        let result = std::fs::write(&tmp, if is_leader { "true\n" } else { "false\n" })
+            .and_then(|_| std::fs::rename(&tmp, path));
+        match result {
+            Ok(()) => self.written = Some(is_leader),
+            Err(e) => {
+                if !self.file_error_logged {
+                    log::warn!("cannot write --leader-file {}: {e}", path.display());
+                    self.file_error_logged = true;
+                }
+            }
+        }
+    }
+}
+
 /// Retries `f` on transient errors (logging the streak once) until it answers, or until
 /// a signal asks us to stop.
 fn patiently<T>(
     what: &'static str,
     rx: &Receiver<Observation>,
+    telemetry: &Telemetry,
     mut f: impl FnMut() -> Result<T, KubeError>,
 ) -> Result<Option<T>, KubeError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut streak = Streak::new(what);
     loop {
+        telemetry.beat();
         match f() {
             Ok(v) => {
                 streak.succeeded();
@@ -142,16 +287,19 @@ fn check_permissions(
     cfg: &Config,
     client: &Client,
     rx: &Receiver<Observation>,
-) -> Result<(), RunError> {
-    let verdict = patiently("permission check", rx, || rbac::check(client, cfg))
-        .map_err(|e| RunError::Setup(e.to_string()))?
-        .ok_or_else(stopped_while_starting)?;
+    telemetry: &Telemetry,
+) -> Result<bool, RunError> {
+    let verdict = patiently("permission check", rx, telemetry, || {
+        rbac::check(client, cfg)
+    })
+    .map_err(|e| RunError::Setup(e.to_string()))?
+    .ok_or_else(stopped_while_starting)?;
     match verdict {
-        rbac::Verdict::AllGranted => Ok(()),
+        rbac::Verdict::AllGranted { events } => Ok(events),
         rbac::Verdict::Missing(m) => Err(RunError::Permissions(rbac::explain(&m, cfg))),
         rbac::Verdict::Unknown(why) => {
             log::warn!("cannot check permissions up front ({why}); going on");
-            Ok(())
+            Ok(true)
         }
     }
 }
@@ -160,9 +308,10 @@ fn read_own_pod(
     cfg: &Config,
     client: &Client,
     rx: &Receiver<Observation>,
+    telemetry: &Telemetry,
 ) -> Result<Pod, RunError> {
     let path = format!("{}/{}", sensors::pods_path(cfg), cfg.pod_name);
-    let got = patiently("reading this pod", rx, || {
+    let got = patiently("reading this pod", rx, telemetry, || {
         client
             .get(&path)
             .and_then(|v| Pod::from_json(&v).map_err(KubeError::Decode))

@@ -89,6 +89,35 @@ pub enum Outcome {
     Pods(Result<Vec<Pod>, KubeError>),
 }
 
+/// Something worth telling the outside world (events, metrics), drained by the
+/// controller after each step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    BecameLeader {
+        transition: i64,
+        resumed: bool,
+    },
+    SteppedDown(String),
+    DrainStarted(String),
+    /// Released the lease for a ready successor.
+    HandedOver,
+    /// A renewal as leader, successful or not.
+    Renewed {
+        ok: bool,
+    },
+}
+
+/// What the controller publishes about the core's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub is_leader: bool,
+    pub holder: String,
+    pub participants: Vec<String>,
+    pub draining: bool,
+    pub connected: bool,
+    pub renewed_at: Option<Instant>,
+}
+
 /// Leadership as this process holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Role {
@@ -159,6 +188,7 @@ pub struct Core {
     relist_due: Option<Instant>,
     jitter: Jitter,
     forbidden_logged: bool,
+    notices: Vec<Notice>,
 }
 
 impl Core {
@@ -181,6 +211,7 @@ impl Core {
             relist_due: None,
             jitter,
             forbidden_logged: false,
+            notices: Vec::new(),
         }
     }
 
@@ -202,6 +233,38 @@ impl Core {
             LeaseView::Present(o) => o.holder(),
             _ => "",
         }
+    }
+
+    /// Notices since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            is_leader: self.is_leader(),
+            holder: self.lease_holder().to_string(),
+            participants: self
+                .pods
+                .values()
+                .filter(|p| {
+                    p.ready && !p.deleting && p.label(&self.s.keys.participant) == Some("true")
+                })
+                .map(|p| p.name.clone())
+                .collect(),
+            draining: self.drain.is_some(),
+            connected: self.lease != LeaseView::Unknown && self.own.is_some(),
+            renewed_at: match &self.role {
+                Role::Leader(l) => Some(l.renewed_at),
+                _ => None,
+            },
+        }
+    }
+
+    fn step_down(&mut self, why: String) {
+        log::warn!("{why}; stepping down");
+        self.notices.push(Notice::SteppedDown(why));
+        self.role = Role::Follower;
     }
 
     /// Ready participants other than this pod.
@@ -272,8 +335,7 @@ impl Core {
         match lease {
             None => {
                 if self.is_leader() {
-                    log::warn!("the Lease was deleted while we led; stepping down");
-                    self.role = Role::Follower;
+                    self.step_down("the Lease was deleted while we led".into());
                 }
                 self.lease = LeaseView::Absent;
             }
@@ -287,11 +349,10 @@ impl Core {
                 }
                 let o = Observed::update(prev, l, now.mono);
                 if self.is_leader() && o.holder() != self.s.me {
-                    log::warn!(
-                        "lost leadership: the Lease now names {:?}; stepping down",
+                    self.step_down(format!(
+                        "lost leadership: the Lease now names {:?}",
                         o.holder()
-                    );
-                    self.role = Role::Follower;
+                    ));
                 }
                 self.lease = LeaseView::Present(o);
             }
@@ -340,7 +401,7 @@ impl Core {
                 }
             }
             None => {
-                log::info!(
+                let why = format!(
                     "draining ({}): {} before leaving",
                     match cause {
                         Cause::Signal => "signal received",
@@ -348,6 +409,8 @@ impl Core {
                     },
                     crate::config::format_duration(d.deadline - now.mono)
                 );
+                log::info!("{why}");
+                self.notices.push(Notice::DrainStarted(why));
                 self.drain = Some(d);
             }
         }
@@ -403,11 +466,10 @@ impl Core {
     fn check_timers(&mut self, now: Instant) {
         if let Role::Leader(l) = &self.role {
             if now >= l.renewed_at + self.s.renew_deadline {
-                log::warn!(
+                self.step_down(format!(
                     "lost leadership: no renewal succeeded within the renew deadline ({})",
                     crate::config::format_duration(self.s.renew_deadline)
-                );
-                self.role = Role::Follower;
+                ));
             }
         }
         if let Role::HandingOver { since, wait } = self.role {
@@ -630,6 +692,10 @@ impl Core {
                         "became leader after {previous:?}'s lease expired (transition {transitions})"
                     );
                 }
+                self.notices.push(Notice::BecameLeader {
+                    transition: transitions,
+                    resumed: previous == self.s.me,
+                });
                 self.role = Role::Leader(Leading {
                     since: now.mono,
                     renewed_at: sent,
@@ -639,6 +705,7 @@ impl Core {
                 self.relist_due = Some(now.mono);
             }
             LeaseWrite::Renew => {
+                self.notices.push(Notice::Renewed { ok: true });
                 if let Role::Leader(l) = &mut self.role {
                     l.renewed_at = sent;
                     l.renew_due = sent + self.s.retry_period;
@@ -646,6 +713,9 @@ impl Core {
             }
             LeaseWrite::Release { forced } => {
                 log::info!("released the Lease");
+                if !forced {
+                    self.notices.push(Notice::HandedOver);
+                }
                 self.role = Role::HandingOver {
                     since: now.mono,
                     wait: !forced,
@@ -659,6 +729,9 @@ impl Core {
         self.log_failure(e, self.lease_failures, what, "");
         // The leader keeps trying every retry period until its renew deadline; others
         // retry with jitter, as client-go's candidates do.
+        if self.is_leader() {
+            self.notices.push(Notice::Renewed { ok: false });
+        }
         let delay = match (&mut self.role, e) {
             (Role::Leader(l), _) => {
                 l.renew_due = now + self.s.retry_period / 2;

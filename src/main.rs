@@ -5,8 +5,10 @@ use leader_labeler::cli::{self, Command};
 use leader_labeler::config::{Config, Environment};
 use leader_labeler::core::Exit;
 use leader_labeler::kube::{Client, ClientOptions};
+use leader_labeler::telemetry::Telemetry;
 use leader_labeler::{controller, logging};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
     let watch_idle_timeout = cfg
         .watch_timeout
         .map_or(Duration::from_secs(3900), |t| t + Duration::from_secs(30));
+    let telemetry = Arc::new(Telemetry::new(&cfg.pod_name, cfg.renew_deadline));
     let client = match Client::new(
         &cfg.connection,
         ClientOptions {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
             watch_idle_timeout,
             verbosity: cfg.verbosity,
             identity: cfg.pod_name.clone(),
+            telemetry: Some(telemetry.clone()),
         },
     ) {
         Ok(c) => c,
@@ -57,7 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match controller::run(&cfg, client) {
+    match controller::run(&cfg, client, telemetry) {
         Ok(Exit::Clean) => {
             log::info!("done");
             ExitCode::SUCCESS

@@ -71,13 +71,20 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
         Need::new("", "pods", "list", None),
         Need::new("", "pods", "watch", None),
         Need::new("", "pods", "patch", None),
+        Need {
+            optional: true,
+            ..Need::new("", "events", "create", None)
+        },
     ]
 }
 
 /// The verdict of the check.
 #[derive(Debug)]
 pub enum Verdict {
-    AllGranted,
+    /// Everything required is granted; `events` tells whether the optional one is.
+    AllGranted {
+        events: bool,
+    },
     Missing(Vec<Need>),
     /// The review API itself was refused or unavailable: go on and find out the hard way.
     Unknown(String),
@@ -86,6 +93,7 @@ pub enum Verdict {
 /// Asks about every need. Transport errors are returned so the caller can retry.
 pub fn check(client: &Client, cfg: &Config) -> Result<Verdict, KubeError> {
     let mut missing = Vec::new();
+    let mut events = true;
     for need in needs(cfg) {
         let mut attrs = json!({
             "namespace": cfg.namespace,
@@ -106,7 +114,14 @@ pub fn check(client: &Client, cfg: &Config) -> Result<Verdict, KubeError> {
             &body,
         ) {
             Ok(v) => {
-                if v.pointer("/status/allowed").and_then(Value::as_bool) != Some(true) {
+                let allowed = v.pointer("/status/allowed").and_then(Value::as_bool) == Some(true);
+                if !allowed && need.optional {
+                    events = false;
+                    log::warn!(
+                        "optional permission {} is missing: no Kubernetes events will be recorded",
+                        need.label()
+                    );
+                } else if !allowed {
                     missing.push(need);
                 }
             }
@@ -118,7 +133,7 @@ pub fn check(client: &Client, cfg: &Config) -> Result<Verdict, KubeError> {
         }
     }
     Ok(if missing.is_empty() {
-        Verdict::AllGranted
+        Verdict::AllGranted { events }
     } else {
         Verdict::Missing(missing)
     })

@@ -569,3 +569,218 @@ fn relative(from: &std::path::Path, to: &std::path::Path) -> String {
     );
     parts.join("/")
 }
+
+/// Polls `f` until it returns Some, for conditions that have no event stream (an HTTP
+/// endpoint, a file). Panics after `timeout`.
+fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Checks the Prometheus text format line by line; returns the samples.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut samples = vec![];
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(
+                rest.starts_with("HELP ") || rest.starts_with("TYPE "),
+                "bad comment: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name in {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    "bad labels in {line}"
+                );
+            }
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        samples.push((series.to_string(), v));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
+    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+}
+
+/// Issue 6: probes, metrics, /leader, the leader file and Kubernetes events, through a
+/// handover.
+#[test]
+fn operator_endpoints_follow_leadership() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "operate");
+    let pods = ["pod-a", "pod-b"];
+    for p in pods {
+        ns.create_pod(p, true);
+    }
+    let observer = Observer::start(&ns);
+    let file = |p: &str| ns.dir.join(format!("{p}.is-leader"));
+    let mut sidecars: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            let arg = format!("--leader-file={}", file(p).display());
+            Sidecar::spawn(&ns, p, &[arg.as_str()])
+        })
+        .collect();
+    let leader = observer.wait_for_single_leader(secs(15));
+    let other = pods.iter().find(|p| **p != leader).unwrap().to_string();
+    let li = pods.iter().position(|p| *p == leader).unwrap();
+    let oi = 1 - li;
+
+    for s in &sidecars {
+        assert_eq!(s.http_get("/healthz").0, 200);
+        assert_eq!(s.http_get("/readyz").0, 200);
+    }
+    let doc: serde_json::Value = eventually(secs(5), "/leader names the leader", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&sidecars[oi].http_get("/leader").1).ok()?;
+        (v["leader"] == leader.as_str() && v["participants"].as_array()?.len() == 2).then_some(v)
+    });
+    assert_eq!(doc["isLeader"], false);
+    assert_eq!(doc["pod"], other.as_str());
+    eventually(secs(5), "leader's /leader says isLeader", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&sidecars[li].http_get("/leader").1).ok()?;
+        (v["isLeader"] == true).then_some(())
+    });
+    let read = |p: &str| std::fs::read_to_string(file(p)).unwrap_or_default();
+    eventually(secs(5), "leader files", || {
+        (read(&leader) == "true\n" && read(&other) == "false\n").then_some(())
+    });
+
+    // Metrics after a few renewals.
+    let samples = eventually(secs(5), "two renewals in /metrics", || {
+        let (code, text) = sidecars[li].http_get("/metrics");
+        assert_eq!(code, 200);
+        let s = parse_prometheus(&text);
+        (sample(
+            &s,
+            "leader_labeler_lease_renewals_total{result=\"success\"}",
+        )? >= 2.0)
+            .then_some(s)
+    });
+    assert_eq!(sample(&samples, "leader_labeler_is_leader"), Some(1.0));
+    assert_eq!(
+        sample(&samples, "leader_labeler_leader_transitions_total"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&samples, "leader_labeler_participants"), Some(2.0));
+    assert_eq!(sample(&samples, "leader_labeler_draining"), Some(0.0));
+    assert!(
+        sample(
+            &samples,
+            "leader_labeler_api_requests_total{verb=\"PUT\",code=\"200\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    );
+    assert!(sample(&samples, "leader_labeler_renew_duration_seconds_count").unwrap_or(0.0) >= 2.0);
+    assert!(
+        sample(&samples, "leader_labeler_last_renewal_timestamp_seconds").unwrap_or(0.0) > 1.7e9
+    );
+    let follower_metrics = parse_prometheus(&sidecars[oi].http_get("/metrics").1);
+    assert_eq!(
+        sample(&follower_metrics, "leader_labeler_is_leader"),
+        Some(0.0)
+    );
+
+    // Handover: the files, /leader and the events follow.
+    sidecars[li].sigterm();
+    observer.wait_until(secs(5), "the other pod leads", |s| {
+        s.leader().as_deref() == Some(other.as_str())
+    });
+    eventually(secs(5), "leader files after the handover", || {
+        (read(&leader) == "false\n" && read(&other) == "true\n").then_some(())
+    });
+    eventually(secs(5), "new leader's /leader", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&sidecars[oi].http_get("/leader").1).ok()?;
+        (v["isLeader"] == true).then_some(())
+    });
+    sidecars[li].wait_exit(secs(5)).expect("old leader exits");
+    let reasons = |pod: &str| -> Vec<String> {
+        let list = ns.api.get(&format!(
+            "/api/v1/namespaces/{}/events?fieldSelector=involvedObject.name%3D{pod}",
+            ns.name
+        ));
+        list["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["reason"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let old = eventually(secs(5), "events on the old leader", || {
+        let r = reasons(&leader);
+        (r.contains(&"HandedOver".to_string())).then_some(r)
+    });
+    for reason in ["BecameLeader", "Draining", "HandedOver"] {
+        assert!(
+            old.iter().any(|r| r == reason),
+            "{leader}: {reason} missing from {old:?}"
+        );
+    }
+    eventually(secs(5), "BecameLeader on the new leader", || {
+        reasons(&other)
+            .iter()
+            .any(|r| r == "BecameLeader")
+            .then_some(())
+    });
+}
+
+/// Issue 6: without the optional events permission the sidecar warns once and works.
+#[test]
+fn events_forbidden_warns_once_and_carries_on() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::with_rbac(cluster, "noevents", |m| {
+        let start = m
+            .find("  # Record leadership changes")
+            .expect("events rule in rbac.yaml");
+        let end = m[start..].find("---").map(|i| start + i).unwrap();
+        format!("{}{}", &m[..start], &m[end..])
+    });
+    let (observer, mut sidecars, leader) = start(&ns, &["pod-a", "pod-b"]);
+    let li = sidecars.iter().position(|s| s.pod == leader).unwrap();
+    sidecars[li].sigterm();
+    observer.wait_until(secs(5), "handover", |s| {
+        s.leader().is_some_and(|l| l != leader)
+    });
+    sidecars[li].wait_exit(secs(5)).expect("exits");
+    let out = sidecars[li].output();
+    assert!(
+        out.contains("optional permission events/create is missing"),
+        "{out}"
+    );
+    let warnings = out.lines().filter(|l| l.contains(" WARN ")).count();
+    assert_eq!(
+        warnings, 1,
+        "one warning about events, nothing else:\n{out}"
+    );
+}

@@ -11,6 +11,7 @@ pub mod watch;
 pub use error::KubeError;
 
 use crate::config::Connection;
+use crate::telemetry::Telemetry;
 use serde_json::Value;
 use std::io::Read;
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ struct Inner {
     watch_agent: Agent,
     token: Option<TokenFile>,
     verbosity: u8,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 struct TokenFile {
@@ -85,6 +87,8 @@ pub struct ClientOptions {
     pub verbosity: u8,
     /// Added to the User-Agent, so audit logs tell the pods apart.
     pub identity: String,
+    /// Counts requests by method and status.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Client {
@@ -150,6 +154,7 @@ impl Client {
                     cached: Mutex::new(None),
                 }),
                 verbosity: opts.verbosity,
+                telemetry: opts.telemetry,
             }),
         })
     }
@@ -280,6 +285,12 @@ impl Client {
                 agent.run(req)
             }
         };
+        if let Some(t) = &self.inner.telemetry {
+            match &result {
+                Ok(r) => t.count_request(method.as_str(), r.status().as_str()),
+                Err(_) => t.count_request(method.as_str(), "error"),
+            }
+        }
         result.map_err(|e| KubeError::Transport(describe(&e)))
     }
 

@@ -86,6 +86,7 @@ pub fn lease_body(
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pod {
     pub name: String,
+    pub uid: String,
     pub resource_version: String,
     pub labels: BTreeMap<String, String>,
     /// `status.conditions[type=Ready].status == "True"`.
@@ -132,6 +133,11 @@ impl Pod {
             .unwrap_or(false);
         Ok(Pod {
             name,
+            uid: meta
+                .get("uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             resource_version,
             labels,
             ready,

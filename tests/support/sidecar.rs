@@ -50,6 +50,8 @@ impl Sidecar {
 
     pub fn spawn_with(ns: &Namespace, pod: &str, opts: SidecarOptions) -> Sidecar {
         let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+        // Many sidecars share this machine: each listens on a port of its own.
+        args.push("--http-address=127.0.0.1:0".into());
         args.extend(opts.extra.iter().map(|s| s.to_string()));
         Self::spawn_program(ns, pod, &bin(), opts.server, &args)
     }
@@ -125,6 +127,45 @@ impl Sidecar {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The port of the HTTP endpoints, from the start-up log line.
+    pub fn http_port(&self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.output();
+            if let Some(line) = out.lines().find(|l| l.contains("serving /healthz")) {
+                return line
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse().ok())
+                    .expect("port in the serving line");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no HTTP listener line in:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET on the sidecar's HTTP endpoints: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port())).expect("connect");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
     }
 
     pub fn output(&self) -> String {
