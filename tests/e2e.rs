@@ -442,6 +442,7 @@ fn missing_patch_permission_is_named() {
 fn server_ended_watches_reconnect_quietly() {
     let cluster = Cluster::start(ClusterOptions {
         min_request_timeout: Some(5),
+        ..Default::default()
     });
     let ns = Namespace::new(&cluster, "rewatch");
     for p in ["pod-a", "pod-b", "pod-c"] {

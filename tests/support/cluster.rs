@@ -19,7 +19,13 @@ pub struct ClusterOptions {
     /// kube-apiserver --min-request-timeout (seconds): how soon the server ends watches
     /// that did not ask for timeoutSeconds.
     pub min_request_timeout: Option<u32>,
+    /// Also run kube-controller-manager with the EndpointSlice controller, and create the
+    /// Node the test pods name.
+    pub controller_manager: bool,
 }
+
+/// The node name every test pod carries.
+pub const NODE: &str = "e2e-node";
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -30,6 +36,7 @@ pub struct Cluster {
     apiserver: Mutex<Child>,
     apiserver_args: Vec<String>,
     pub kubeconfig: PathBuf,
+    controller_manager: Option<Mutex<Child>>,
 }
 
 /// The folder with etcd and kube-apiserver; builds them the first time. Fails loudly.
@@ -252,7 +259,7 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let c = Cluster {
+        let mut c = Cluster {
             dir,
             port,
             api,
@@ -261,9 +268,53 @@ impl Cluster {
             apiserver: Mutex::new(apiserver),
             apiserver_args: args,
             kubeconfig,
+            controller_manager: None,
         };
         c.wait_ready();
+        if opts.controller_manager {
+            c.start_controller_manager();
+        }
         c
+    }
+
+    /// One control plane with kube-controller-manager for the whole test binary.
+    pub fn with_controllers() -> &'static Cluster {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            Cluster::start(ClusterOptions {
+                controller_manager: true,
+                ..Default::default()
+            })
+        })
+    }
+
+    /// kube-controller-manager with only the controllers the Service proof needs:
+    /// endpointslice, plus serviceaccount (creates each namespace's default account).
+    /// Nothing that evicts or taints.
+    fn start_controller_manager(&mut self) {
+        let kcm = self.bin.join("kube-controller-manager");
+        assert!(
+            kcm.exists(),
+            "{} missing: run tests/control-plane/build.sh",
+            kcm.display()
+        );
+        let child = spawn_logged(
+            &self.dir,
+            "kube-controller-manager",
+            Command::new(kcm).args([
+                format!("--kubeconfig={}", self.kubeconfig.display()),
+                "--controllers=endpointslice,serviceaccount".into(),
+                "--secure-port=0".into(),
+                "--leader-elect=false".into(),
+                "--use-service-account-credentials=false".into(),
+                "--concurrent-service-endpoint-syncs=5".into(),
+            ]),
+        );
+        self.controller_manager = Some(Mutex::new(child));
+        self.api.post(
+            "/api/v1/nodes",
+            &serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}),
+        );
     }
 
     pub fn server_url(&self) -> String {
@@ -349,6 +400,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(kcm) = &self.controller_manager {
+            let mut c = kcm.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for child in [&self.apiserver, &self.etcd] {
             let mut c = child.lock().unwrap_or_else(|e| e.into_inner());
             let _ = c.kill();

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod endpoints;
 pub mod namespace;
 pub mod observer;
 pub mod process;
@@ -13,6 +14,8 @@ pub mod sidecar;
 
 #[allow(unused_imports)]
 pub use cluster::{Cluster, ClusterOptions};
+#[allow(unused_imports)]
+pub use endpoints::EndpointWatcher;
 #[allow(unused_imports)]
 pub use namespace::{Namespace, LEADER_KEY, PARTICIPANT_KEY};
 #[allow(unused_imports)]

@@ -19,6 +19,8 @@ pub struct Namespace<'c> {
     pub name: String,
     pub api: Api,
     pub dir: PathBuf,
+    /// Pod IPs handed out so far (TEST-NET-1, 192.0.2.0/24: stored, never contacted).
+    ips: AtomicU32,
 }
 
 /// deploy/rbac.yaml with the namespace substituted.
@@ -63,6 +65,7 @@ impl<'c> Namespace<'c> {
             api: cluster.api.clone(),
             name,
             dir,
+            ips: AtomicU32::new(0),
         };
         let token = ns.request_token();
         ns.write_token(&token);
@@ -162,14 +165,29 @@ impl<'c> Namespace<'c> {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "labels": {"app": "my-app"}},
                 "spec": {
-                    "nodeName": "e2e-node",
+                    "nodeName": super::cluster::NODE,
                     "serviceAccountName": SERVICE_ACCOUNT,
                     "terminationGracePeriodSeconds": grace,
                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
                 }
             }),
         );
+        let n = self.ips.fetch_add(1, Ordering::SeqCst) + 1;
+        assert!(n < 255, "out of test pod IPs");
+        let ip = format!("192.0.2.{n}");
+        self.api.patch(
+            &format!("{}/{name}/status", self.pods()),
+            STRATEGIC,
+            &json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}}),
+        );
         self.set_ready(name, ready)
+    }
+
+    pub fn pod_ip(&self, name: &str) -> String {
+        self.get_pod(name)["status"]["podIP"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// Sets the Ready condition through the status subresource, as the kubelet would.

@@ -1,0 +1,200 @@
+//! Watches the EndpointSlices of one Service, as a client of the Service would see them,
+//! and records the set of ready endpoint addresses after every event. Two ready
+//! addresses at once is recorded as a violation; windows with none are recorded as gaps.
+
+use super::namespace::Namespace;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    /// Slice name to its ready addresses.
+    slices: BTreeMap<String, BTreeSet<String>>,
+    pub history: Vec<(Instant, BTreeSet<String>)>,
+    pub violations: Vec<String>,
+    listed: bool,
+}
+
+impl Endpoints {
+    pub fn ready(&self) -> BTreeSet<String> {
+        self.slices.values().flatten().cloned().collect()
+    }
+
+    fn record(&mut self) {
+        let ready = self.ready();
+        if ready.len() > 1 {
+            self.violations
+                .push(format!("two ready endpoints: {ready:?}"));
+        }
+        if self.history.last().is_none_or(|(_, r)| *r != ready) {
+            self.history.push((Instant::now(), ready));
+        }
+    }
+
+    /// Closed windows with no ready endpoint, after the first one appeared.
+    pub fn gaps(&self) -> Vec<Duration> {
+        let mut out = vec![];
+        let mut seen = false;
+        let mut start = None;
+        for (t, r) in &self.history {
+            if r.is_empty() {
+                if seen && start.is_none() {
+                    start = Some(*t);
+                }
+            } else {
+                seen = true;
+                if let Some(s) = start.take() {
+                    out.push(*t - s);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn ready_addresses(slice: &Value) -> BTreeSet<String> {
+    slice["endpoints"]
+        .as_array()
+        .map(|eps| {
+            eps.iter()
+                .filter(|e| e["conditions"]["ready"] != false)
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub struct EndpointWatcher {
+    shared: Arc<(Mutex<Endpoints>, Condvar)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EndpointWatcher {
+    pub fn start(ns: &Namespace, service: &str) -> EndpointWatcher {
+        let shared = Arc::new((Mutex::new(Endpoints::default()), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st, api) = (shared.clone(), stop.clone(), ns.api.clone());
+        let path = format!(
+            "/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D{service}",
+            ns.name
+        );
+        std::thread::spawn(move || {
+            let mut rv: Option<String> = None;
+            while !st.load(Ordering::SeqCst) {
+                let Some(from) = rv.clone() else {
+                    let (code, list) = api.call("GET", &path, None);
+                    if code != 200 {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    let (lock, cv) = &*s;
+                    let mut e = lock.lock().unwrap();
+                    e.slices = list["items"]
+                        .as_array()
+                        .map(|items| {
+                            items
+                                .iter()
+                                .map(|i| {
+                                    (
+                                        i["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                                        ready_addresses(i),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    e.record();
+                    e.listed = true;
+                    cv.notify_all();
+                    rv = list["metadata"]["resourceVersion"]
+                        .as_str()
+                        .map(str::to_string);
+                    continue;
+                };
+                let url = format!("{path}&watch=true&resourceVersion={from}&timeoutSeconds=60");
+                let mut latest = from.clone();
+                let mut expired = false;
+                let result = api.stream(&url, |ev| {
+                    if st.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    let obj = &ev["object"];
+                    if ev["type"] == "ERROR" {
+                        expired = obj["code"] == 410;
+                        return false;
+                    }
+                    if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
+                        latest = r.to_string();
+                    }
+                    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+                    let (lock, cv) = &*s;
+                    let mut e = lock.lock().unwrap();
+                    if ev["type"] == "DELETED" {
+                        e.slices.remove(&name);
+                    } else {
+                        e.slices.insert(name, ready_addresses(obj));
+                    }
+                    e.record();
+                    cv.notify_all();
+                    true
+                });
+                rv = if expired || result.is_err() {
+                    None
+                } else {
+                    Some(latest)
+                };
+            }
+        });
+        let w = EndpointWatcher { shared, stop };
+        w.wait_until(Duration::from_secs(10), "endpoint watcher listed", |e| {
+            e.listed
+        });
+        w
+    }
+
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Endpoints) -> bool,
+    ) -> Instant {
+        let (lock, cv) = &*self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut e = lock.lock().unwrap();
+        loop {
+            if pred(&e) {
+                return Instant::now();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\nready endpoints: {:?}",
+                    e.ready()
+                );
+            }
+            e = cv.wait_timeout(e, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until the only ready endpoint is `ip`.
+    pub fn wait_for_only(&self, ip: &str, timeout: Duration) -> Instant {
+        self.wait_until(timeout, &format!("only {ip} ready"), |e| {
+            let r = e.ready();
+            r.len() == 1 && r.contains(ip)
+        })
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&Endpoints) -> T) -> T {
+        f(&self.shared.0.lock().unwrap())
+    }
+}
+
+impl Drop for EndpointWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
