@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
-use support::{Cluster, ClusterOptions, Namespace, Observer, Sidecar};
+use support::{Cluster, ClusterOptions, EndpointWatcher, Namespace, Observer, Sidecar};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Impl {
@@ -149,9 +149,22 @@ impl Bench {
 
     /// Planned handovers: SIGTERM the leader, measure the leaderless gap and any overlap,
     /// restart its sidecar, repeat.
-    fn handover(&self, imp: Impl) -> (Vec<f64>, f64) {
+    fn handover(&self, imp: Impl) -> (Vec<f64>, f64, Vec<f64>) {
         let pods = vec!["pod-a".to_string(), "pod-b".to_string()];
         let (ns, observer, mut sidecars) = self.setup(imp, "handover", &pods);
+        // The user's view: the EndpointSlices of deploy/service.yaml.
+        let service = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/service.yaml");
+        let out = self
+            .cluster
+            .kubectl(&["apply", "-n", &ns.name, "-f", service], None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let endpoints = EndpointWatcher::start(&ns, "my-app");
+        let leader = observer.leader().unwrap();
+        endpoints.wait_for_only(&ns.pod_ip(&leader), Duration::from_secs(30));
         let mut gaps = vec![];
         for i in 0..self.handovers {
             std::thread::sleep(Duration::from_secs(1));
@@ -169,6 +182,8 @@ impl Bench {
             } else {
                 gaps.push(0.0);
             }
+            let new_leader = observer.leader().unwrap_or_default();
+            endpoints.wait_for_only(&ns.pod_ip(&new_leader), Duration::from_secs(30));
             sidecars[idx].wait_exit(Duration::from_secs(30));
             sidecars[idx] = self.spawn(&ns, imp, &leader);
             eprintln!("  {} handover {}: gap {:.1} ms", imp.name(), i + 1, gaps[i]);
@@ -178,7 +193,9 @@ impl Bench {
             .into_iter()
             .map(ms)
             .fold(0.0, f64::max);
-        (gaps, overlap)
+        let service_gaps: Vec<f64> = endpoints.with(|e| e.gaps()).into_iter().map(ms).collect();
+        eprintln!("  {} service gaps (ms): {service_gaps:?}", imp.name());
+        (gaps, overlap, service_gaps)
     }
 
     /// Crash failover: SIGKILL the leader; time until another pod is labeled leader.
@@ -298,7 +315,10 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let started = Instant::now();
     let bench = Bench {
-        cluster: Cluster::start(ClusterOptions::default()),
+        cluster: Cluster::start(ClusterOptions {
+            controller_manager: true,
+            ..Default::default()
+        }),
         baseline: baseline.clone(),
         static_bin: root.join("target/x86_64-unknown-linux-musl/release/leader-labeler"),
         handovers: if quick { 3 } else { 10 },
@@ -310,7 +330,7 @@ fn main() {
     let mut growth = vec![];
     for imp in [Impl::LeaderLabeler, Impl::ClientGo] {
         eprintln!("== {}", imp.name());
-        let (gaps, overlap) = bench.handover(imp);
+        let (gaps, overlap, service_gaps) = bench.handover(imp);
         let crashes = bench.crash(imp);
         let unready = bench.unready(imp);
         let steady = bench.steady(imp, 3, bench.steady);
@@ -338,6 +358,7 @@ fn main() {
             json!({
                 "handover_gap_ms": {"p50": percentile(&gaps, 50.0), "p95": percentile(&gaps, 95.0)},
                 "handover_overlap_ms": {"max": (overlap * 10.0).round() / 10.0},
+                "service_gap_ms": {"p50": percentile(&service_gaps, 50.0), "p95": percentile(&service_gaps, 95.0)},
                 "crash_failover_ms": {"p50": percentile(&crashes, 50.0), "p95": percentile(&crashes, 95.0)},
                 "unready_failover_ms": {"p50": unready.map(|u| (u * 10.0).round() / 10.0)},
                 "requests_per_min": {"leader": steady.leader_rpm, "follower": steady.follower_rpm},
@@ -395,6 +416,14 @@ fn report(r: &Value, quick: bool) -> String {
         ("planned handover gap p50 (ms)", "/handover_gap_ms/p50"),
         ("planned handover gap p95 (ms)", "/handover_gap_ms/p95"),
         ("double-leader overlap max (ms)", "/handover_overlap_ms/max"),
+        (
+            "Service with no ready endpoint p50 (ms)",
+            "/service_gap_ms/p50",
+        ),
+        (
+            "Service with no ready endpoint p95 (ms)",
+            "/service_gap_ms/p95",
+        ),
         ("crash failover p50 (ms)", "/crash_failover_ms/p50"),
         ("crash failover p95 (ms)", "/crash_failover_ms/p95"),
         ("unready failover (ms)", "/unready_failover_ms/p50"),

@@ -523,18 +523,7 @@ impl Core {
                         record: election::release(&o.lease.record, now.wall),
                     });
                 }
-                if now.mono >= l.renew_due {
-                    return Some(Action::UpdateLease {
-                        base: o.lease.clone(),
-                        record: election::claim(
-                            Some(&o.lease.record),
-                            &self.s.me,
-                            now.wall,
-                            self.s.lease_duration,
-                        ),
-                    });
-                }
-                None
+                (now.mono >= l.renew_due).then(|| self.claim(o, now))
             }
             (Role::Follower, LeaseView::Absent) if self.eligible() => Some(Action::CreateLease(
                 election::claim(None, &self.s.me, now.wall, self.s.lease_duration),
@@ -543,20 +532,22 @@ impl Core {
                 // Our own name on the lease: a restart of this sidecar in the same pod.
                 // Resume at once (the lease is ours; the label is on this same pod).
                 let resume = o.holder() == self.s.me && !must_leave;
-                if resume || (self.eligible() && o.is_free(now.mono)) {
-                    return Some(Action::UpdateLease {
-                        base: o.lease.clone(),
-                        record: election::claim(
-                            Some(&o.lease.record),
-                            &self.s.me,
-                            now.wall,
-                            self.s.lease_duration,
-                        ),
-                    });
-                }
-                None
+                (resume || (self.eligible() && o.is_free(now.mono))).then(|| self.claim(o, now))
             }
             _ => None,
+        }
+    }
+
+    /// Acquire, resume or renew: write our name on the lease we last saw.
+    fn claim(&self, o: &Observed, now: Now) -> Action {
+        Action::UpdateLease {
+            base: o.lease.clone(),
+            record: election::claim(
+                Some(&o.lease.record),
+                &self.s.me,
+                now.wall,
+                self.s.lease_duration,
+            ),
         }
     }
 

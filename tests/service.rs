@@ -107,9 +107,14 @@ fn rolling_update_handover_keeps_one_endpoint() {
         .expect("old leader exits");
     assert!(status.success());
     f.assert_never_two_endpoints();
+    // The old pod's endpoint turns not-ready (terminating) at deletion; the new
+    // leader's label follows milliseconds later, and the EndpointSlice controller, seeing
+    // its informer cache behind its own write, retries that second change after up to a
+    // second. Recorded here; kube-proxy keeps routing to the old pod's serving,
+    // terminating endpoint meanwhile.
     let gaps = f.endpoints.with(|e| e.gaps());
     eprintln!("rolling update: windows with no ready endpoint: {gaps:?}");
-    assert!(gaps.iter().all(|g| *g < secs(1)), "{gaps:?}");
+    assert!(gaps.iter().all(|g| *g < secs(2)), "{gaps:?}");
 }
 
 #[test]

@@ -109,6 +109,66 @@ impl Api {
         self.ok("DELETE", path, Some(("application/json", body)))
     }
 
+    /// Lists `path`, then watches it from the list's resourceVersion until `stop` is set:
+    /// `on_list` gets the full set after every (re-)list, `on_event` each watch event
+    /// (type, object). Re-lists after a 410 or an error; reopens ended watches.
+    pub fn list_watch(
+        &self,
+        path: &str,
+        stop: &std::sync::atomic::AtomicBool,
+        mut on_list: impl FnMut(&[Value]),
+        mut on_event: impl FnMut(&str, &Value),
+    ) {
+        use std::sync::atomic::Ordering;
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut rv: Option<String> = None;
+        while !stop.load(Ordering::SeqCst) {
+            let Some(from) = rv.clone() else {
+                let (code, list) = self.call("GET", path, None);
+                if code != 200 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                on_list(list["items"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+                rv = list["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string);
+                continue;
+            };
+            let url = format!(
+                "{path}{sep}watch=true&allowWatchBookmarks=true&resourceVersion={from}&timeoutSeconds=60"
+            );
+            let mut latest = from;
+            let mut expired = false;
+            let result = self.stream(&url, |ev| {
+                if stop.load(Ordering::SeqCst) {
+                    return false;
+                }
+                let obj = &ev["object"];
+                let kind = ev["type"].as_str().unwrap_or("");
+                if kind == "ERROR" {
+                    expired = obj["code"] == 410;
+                    return false;
+                }
+                if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
+                    latest = r.to_string();
+                }
+                if kind != "BOOKMARK" {
+                    on_event(kind, obj);
+                }
+                true
+            });
+            rv = if expired || result.is_err() {
+                None
+            } else {
+                Some(latest)
+            };
+            if result.is_err() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
     /// Opens a watch and calls `f` with each event until it returns false or the read
     /// times out (2 s of silence: the caller decides whether to reopen).
     pub fn stream(&self, path: &str, mut f: impl FnMut(Value) -> bool) -> Result<bool, String> {

@@ -83,71 +83,32 @@ impl EndpointWatcher {
             ns.name
         );
         std::thread::spawn(move || {
-            let mut rv: Option<String> = None;
-            while !st.load(Ordering::SeqCst) {
-                let Some(from) = rv.clone() else {
-                    let (code, list) = api.call("GET", &path, None);
-                    if code != 200 {
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                    let (lock, cv) = &*s;
+            let (lock, cv) = &*s;
+            let name = |o: &Value| o["metadata"]["name"].as_str().unwrap_or("").to_string();
+            api.list_watch(
+                &path,
+                &st,
+                |items| {
                     let mut e = lock.lock().unwrap();
-                    e.slices = list["items"]
-                        .as_array()
-                        .map(|items| {
-                            items
-                                .iter()
-                                .map(|i| {
-                                    (
-                                        i["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                                        ready_addresses(i),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    e.slices = items
+                        .iter()
+                        .map(|i| (name(i), ready_addresses(i)))
+                        .collect();
                     e.record();
                     e.listed = true;
                     cv.notify_all();
-                    rv = list["metadata"]["resourceVersion"]
-                        .as_str()
-                        .map(str::to_string);
-                    continue;
-                };
-                let url = format!("{path}&watch=true&resourceVersion={from}&timeoutSeconds=60");
-                let mut latest = from.clone();
-                let mut expired = false;
-                let result = api.stream(&url, |ev| {
-                    if st.load(Ordering::SeqCst) {
-                        return false;
-                    }
-                    let obj = &ev["object"];
-                    if ev["type"] == "ERROR" {
-                        expired = obj["code"] == 410;
-                        return false;
-                    }
-                    if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
-                        latest = r.to_string();
-                    }
-                    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-                    let (lock, cv) = &*s;
+                },
+                |kind, obj| {
                     let mut e = lock.lock().unwrap();
-                    if ev["type"] == "DELETED" {
-                        e.slices.remove(&name);
+                    if kind == "DELETED" {
+                        e.slices.remove(&name(obj));
                     } else {
-                        e.slices.insert(name, ready_addresses(obj));
+                        e.slices.insert(name(obj), ready_addresses(obj));
                     }
                     e.record();
                     cv.notify_all();
-                    true
-                });
-                rv = if expired || result.is_err() {
-                    None
-                } else {
-                    Some(latest)
-                };
-            }
+                },
+            );
         });
         let w = EndpointWatcher { shared, stop };
         w.wait_until(Duration::from_secs(10), "endpoint watcher listed", |e| {

@@ -144,75 +144,31 @@ impl Observer {
         let (s, st, api) = (shared.clone(), stop.clone(), ns.api.clone());
         let path = format!("/api/v1/namespaces/{}/pods", ns.name);
         std::thread::spawn(move || {
-            let mut rv: Option<String> = None;
-            while !st.load(Ordering::SeqCst) {
-                let Some(from) = rv.clone() else {
-                    let (code, list) = api.call("GET", &path, None);
-                    if code != 200 {
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                    let (lock, cv) = &*s;
+            let (lock, cv) = &*s;
+            api.list_watch(
+                &path,
+                &st,
+                |items| {
                     let mut state = lock.lock().unwrap();
-                    state.pods = list["items"]
-                        .as_array()
-                        .map(|items| items.iter().map(pod_view).collect())
-                        .unwrap_or_default();
-                    let list_rv = list["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string();
-                    state.record(&list_rv);
+                    state.pods = items.iter().map(pod_view).collect();
+                    state.record("list");
                     state.listed = true;
                     cv.notify_all();
-                    rv = Some(list_rv);
-                    continue;
-                };
-                let url = format!("{path}?watch=true&allowWatchBookmarks=true&resourceVersion={from}&timeoutSeconds=60");
-                let mut latest = from.clone();
-                let mut expired = false;
-                let result = api.stream(&url, |ev| {
-                    if st.load(Ordering::SeqCst) {
-                        return false;
-                    }
-                    let obj = &ev["object"];
-                    match ev["type"].as_str() {
-                        Some("ERROR") => {
-                            expired = obj["code"] == 410;
-                            return false;
-                        }
-                        Some("BOOKMARK") => {
-                            if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
-                                latest = r.to_string();
-                            }
-                            return true;
-                        }
-                        _ => {}
-                    }
+                },
+                |kind, obj| {
                     let (name, view) = pod_view(obj);
-                    latest = view.resource_version.clone();
-                    let (lock, cv) = &*s;
+                    let at = view.resource_version.clone();
                     let mut state = lock.lock().unwrap();
                     state.events += 1;
-                    if ev["type"] == "DELETED" {
+                    if kind == "DELETED" {
                         state.pods.remove(&name);
                     } else {
                         state.pods.insert(name, view);
                     }
-                    let at = latest.clone();
                     state.record(&at);
                     cv.notify_all();
-                    true
-                });
-                rv = if expired || result.is_err() {
-                    None
-                } else {
-                    Some(latest)
-                };
-                if result.is_err() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
+                },
+            );
         });
         let o = Observer {
             shared,
