@@ -601,7 +601,7 @@ impl Core {
             (Pending::GetLease, Outcome::Lease(r)) => match r {
                 Ok(l) => {
                     self.lease_stale = false;
-                    self.lease_failures = 0;
+                    Self::recovered(&mut self.lease_failures, "Lease calls");
                     self.observe_lease(l, now);
                 }
                 Err(e) => self.lease_failed(&e, now.mono, "read the Lease"),
@@ -659,7 +659,7 @@ impl Core {
                 return;
             }
         };
-        self.lease_failures = 0;
+        Self::recovered(&mut self.lease_failures, "Lease calls");
         let previous = match &self.lease {
             LeaseView::Present(o) => o.holder().to_string(),
             _ => String::new(),
@@ -737,7 +737,7 @@ impl Core {
     fn patched(&mut self, patch: Patch, result: Result<Pod, KubeError>, now: Now) {
         match result {
             Ok(pod) => {
-                self.label_failures = 0;
+                Self::recovered(&mut self.label_failures, "pod calls");
                 if let Role::Leader(l) = &mut self.role {
                     if l.fence.as_ref().is_some_and(|(p, _)| p == &patch.pod) {
                         l.fence = None;
@@ -770,6 +770,14 @@ impl Core {
             }
             Err(e) => self.labels_failed(&e, now.mono, "patch pod", &patch.pod),
         }
+    }
+
+    /// Ends a failure streak, with one line if there was one.
+    fn recovered(failures: &mut u32, what: &str) {
+        if *failures > 0 {
+            log::info!("{what} succeed again after {} failure(s)", *failures);
+        }
+        *failures = 0;
     }
 
     fn pod_not_found(&mut self, name: &str) {
