@@ -39,7 +39,8 @@ control-plane: ## Build etcd + kube-apiserver for the tests (cached outside the 
 	@tests/control-plane/build.sh >/dev/null
 
 test: control-plane ## Every test: unit, process, end-to-end against a real API server, image
-	cargo test --all-targets
+	cargo build --examples
+	cargo test --tests
 	$(MAKE) image-check
 
 test-unit: ## Unit tests of the pure parts only (no cluster)
