@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,6 +113,7 @@ pub fn run(cfg: &Config, client: Client, telemetry: Arc<Telemetry>) -> Result<Ex
         while let Some(action) = core.next_action(Now::system()) {
             if let Action::Exit(how) = action {
                 report.publish(&mut core);
+                report.events.finish(Duration::from_secs(1));
                 return Ok(how);
             }
             let started = std::time::Instant::now();
@@ -148,7 +149,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Turns the core's state and notices into metrics, events and the leader file.
 struct Reporter {
     telemetry: Arc<Telemetry>,
-    events: Sender<events::Event>,
+    events: events::Recorder,
     leader_file: Option<PathBuf>,
     /// What the leader file holds now.
     written: Option<bool>,
@@ -194,7 +195,7 @@ impl Reporter {
                 )),
             };
             if let Some(e) = e {
-                let _ = self.events.send(e);
+                self.events.send(e);
             }
         }
         let sum = core.summary();

@@ -27,10 +27,32 @@ pub struct Subject {
     pub uid: String,
 }
 
-/// Starts the recorder thread; returns where to send events. When `enabled` is false
-/// (the permission check found events forbidden, and said so) they are dropped quietly.
-pub fn start(client: Client, enabled: bool, subject: Subject) -> Sender<Event> {
+/// The handle of the recorder thread.
+pub struct Recorder {
+    tx: Option<Sender<Event>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Recorder {
+    pub fn send(&self, e: Event) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// Lets the thread post what is queued, for at most `timeout`: the last events
+    /// (handing over, stepping down) are written just before the process exits.
+    pub fn finish(mut self, timeout: std::time::Duration) {
+        self.tx = None;
+        let _ = self.done.recv_timeout(timeout);
+    }
+}
+
+/// Starts the recorder thread. When `enabled` is false (the permission check found
+/// events forbidden, and said so) events are dropped quietly.
+pub fn start(client: Client, enabled: bool, subject: Subject) -> Recorder {
     let (tx, rx) = mpsc::channel::<Event>();
+    let (done_tx, done) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("events".into())
         .spawn(move || {
@@ -75,11 +97,12 @@ pub fn start(client: Client, enabled: bool, subject: Subject) -> Sender<Event> {
                     Err(err) => log::debug!("event {} not recorded: {err}", e.reason),
                 }
             }
+            let _ = done_tx.send(());
         });
     if let Err(e) = spawned {
         log::warn!("cannot start the event recorder: {e}");
     }
-    tx
+    Recorder { tx: Some(tx), done }
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -14,8 +14,8 @@ pub struct Need {
     pub verb: &'static str,
     /// Checked against this object name (RBAC resourceNames), if any.
     pub name: Option<String>,
-    /// Without it the sidecar still works (events are nice to have).
-    pub optional: bool,
+    /// Without it the sidecar still works; this says what is lost. None: required.
+    pub optional: Option<&'static str>,
 }
 
 impl Need {
@@ -30,7 +30,7 @@ impl Need {
             resource,
             verb,
             name: name.map(str::to_string),
-            optional: false,
+            optional: None,
         }
     }
 
@@ -65,14 +65,20 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
         Need::new(coord, "leases", "create", None),
         Need::new(coord, "leases", "get", lease),
         Need::new(coord, "leases", "update", lease),
-        Need::new(coord, "leases", "list", lease),
-        Need::new(coord, "leases", "watch", lease),
+        Need {
+            optional: Some("the Lease will be polled every retry period instead of watched"),
+            ..Need::new(coord, "leases", "list", lease)
+        },
+        Need {
+            optional: Some("the Lease will be polled every retry period instead of watched"),
+            ..Need::new(coord, "leases", "watch", lease)
+        },
         Need::new("", "pods", "get", Some(&cfg.pod_name)),
         Need::new("", "pods", "list", None),
         Need::new("", "pods", "watch", None),
         Need::new("", "pods", "patch", None),
         Need {
-            optional: true,
+            optional: Some("no Kubernetes events will be recorded"),
             ..Need::new("", "events", "create", None)
         },
     ]
@@ -115,14 +121,13 @@ pub fn check(client: &Client, cfg: &Config) -> Result<Verdict, KubeError> {
         ) {
             Ok(v) => {
                 let allowed = v.pointer("/status/allowed").and_then(Value::as_bool) == Some(true);
-                if !allowed && need.optional {
-                    events = false;
-                    log::warn!(
-                        "optional permission {} is missing: no Kubernetes events will be recorded",
-                        need.label()
-                    );
-                } else if !allowed {
-                    missing.push(need);
+                match (allowed, need.optional) {
+                    (true, _) => {}
+                    (false, Some(loss)) => {
+                        events &= need.resource != "events";
+                        log::warn!("optional permission {} is missing: {loss}", need.label());
+                    }
+                    (false, None) => missing.push(need),
                 }
             }
             Err(e @ (KubeError::Forbidden(_) | KubeError::NotFound(_))) => {

@@ -785,3 +785,36 @@ fn events_forbidden_warns_once_and_carries_on() {
         "one warning about events, nothing else:\n{out}"
     );
 }
+
+/// Issue 2: a Lease watch that is forbidden falls back to polling, said once.
+#[test]
+fn forbidden_lease_watch_falls_back_to_polling() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::with_rbac(cluster, "poll", |m| {
+        assert!(m.contains("verbs: [\"get\", \"list\", \"watch\", \"update\"]"));
+        m.replace(
+            "verbs: [\"get\", \"list\", \"watch\", \"update\"]",
+            "verbs: [\"get\", \"update\"]",
+        )
+    });
+    let (observer, sidecars, leader) = start(&ns, &["pod-a", "pod-b"]);
+    let li = sidecars.iter().position(|s| s.pod == leader).unwrap();
+    sidecars[li].sigterm();
+    // Polling every 500 ms: the follower takes the released lease within a second or so.
+    observer.wait_until(secs(3), "handover by polling", |s| {
+        s.leader().is_some_and(|l| l != leader)
+    });
+    for s in &sidecars {
+        let out = s.output();
+        assert_eq!(
+            out.matches("polling it every 500ms instead").count(),
+            1,
+            "{}:\n{out}",
+            s.pod
+        );
+        assert!(
+            out.contains("optional permission leases.coordination.k8s.io/watch is missing"),
+            "{out}"
+        );
+    }
+}
