@@ -1,5 +1,6 @@
 //! Log setup: one line per event, with a UTC timestamp, to stderr. `RUST_LOG` sets the
-//! levels (default info); `-v` turns on the API trace (target `api`), `-vv` its bodies.
+//! levels (default info); `-v` turns on the API trace (target `api`), `-vv` its bodies
+//! (target `api::body`).
 
 use crate::kube::types::micro_time;
 use std::io::Write;
@@ -11,20 +12,29 @@ pub fn init(verbosity: u8) {
     if let Ok(spec) = std::env::var("RUST_LOG") {
         b.parse_filters(&spec);
     }
-    match verbosity {
-        0 => {}
-        1 => {
-            b.filter_module("api", log::LevelFilter::Debug);
-        }
-        _ => {
-            b.filter_module("api", log::LevelFilter::Trace);
-        }
-    }
+    // Release builds keep log calls up to debug (log's release_max_level_debug): the
+    // API trace is at debug level, its bodies under their own target.
+    b.filter_module(
+        "api",
+        if verbosity >= 1 {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Off
+        },
+    );
+    b.filter_module(
+        "api::body",
+        if verbosity >= 2 {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Off
+        },
+    );
     b.format(|buf, record| {
         // UTC with milliseconds, like 2026-01-02T03:04:05.123Z.
         let micro = micro_time(SystemTime::now());
         let ts = format!("{}Z", &micro[..23]);
-        if record.target() == "api" {
+        if record.target().starts_with("api") {
             writeln!(buf, "{ts} api   {}", record.args())
         } else {
             writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())

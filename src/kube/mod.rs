@@ -270,7 +270,7 @@ impl Client {
         let result = match body {
             Some((ct, bytes)) => {
                 if self.inner.verbosity >= 2 {
-                    log::trace!(target: "api", "> {}", clip(bytes));
+                    log::debug!(target: "api::body", "> {}", clip(bytes));
                 }
                 let req = builder
                     .header("Content-Type", *ct)
@@ -314,7 +314,7 @@ impl Client {
             );
             if self.inner.verbosity >= 2 {
                 if let Some(b) = body {
-                    log::trace!(target: "api", "< {}", clip(b));
+                    log::debug!(target: "api::body", "< {}", clip(b));
                 }
             }
         }
