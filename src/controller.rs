@@ -6,7 +6,7 @@ use crate::backoff::{Backoff, Jitter, Streak};
 use crate::config::Config;
 use crate::core::{Action, Core, Exit, Notice, Now, Observation, Outcome, Settings};
 use crate::kube::types::{lease_body, Lease, Pod};
-use crate::kube::{Client, KubeError};
+use crate::kube::{watch, Client, KubeError};
 use crate::labels::Keys;
 use crate::telemetry::{unix_now, Snapshot, Telemetry};
 use crate::{events, http, rbac, sensors};
@@ -199,27 +199,21 @@ impl Reporter {
             }
         }
         let sum = core.summary();
+        let old = self.telemetry.snapshot();
+        // The wall-clock time of a renewal is taken when we first see it.
+        let renewed_unix = match sum.renewed_at {
+            Some(t) if Some(t) != old.renewed_at => Some(unix_now()),
+            _ => old.renewed_unix,
+        };
         let snapshot = Snapshot {
-            pod: String::new(),
+            pod: old.pod.clone(),
             is_leader: sum.is_leader,
             leader: sum.holder,
             participants: sum.participants,
             draining: sum.draining,
             connected: sum.connected,
             renewed_at: sum.renewed_at,
-            renewed_unix: None,
-        };
-        let old = self.telemetry.snapshot();
-        let renewed_unix = if snapshot.renewed_at.is_some() && snapshot.renewed_at != old.renewed_at
-        {
-            Some(unix_now())
-        } else {
-            old.renewed_unix
-        };
-        let snapshot = Snapshot {
-            pod: old.pod.clone(),
             renewed_unix,
-            ..snapshot
         };
         if snapshot != old {
             self.telemetry.publish(snapshot);
@@ -379,24 +373,15 @@ impl Executor<'_> {
                     .get(&format!("{}/{}", sensors::pods_path(self.cfg), n)))
             }
             Action::ListPods => Outcome::Pods(
-                self.client
-                    .get(&format!(
+                watch::list(
+                    &self.client,
+                    &format!(
                         "{}?{}",
                         sensors::pods_path(self.cfg),
                         sensors::pod_selector(self.cfg)
-                    ))
-                    .and_then(|v| {
-                        v.get("items")
-                            .and_then(Value::as_array)
-                            .map(|items| {
-                                items
-                                    .iter()
-                                    .map(Pod::from_json)
-                                    .collect::<Result<Vec<_>, _>>()
-                            })
-                            .unwrap_or_else(|| Ok(Vec::new()))
-                            .map_err(KubeError::Decode)
-                    }),
+                    ),
+                )
+                .map(|(pods, _)| pods),
             ),
             Action::Exit(_) => unreachable!("Exit is handled by the loop"),
         }

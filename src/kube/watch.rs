@@ -98,10 +98,12 @@ pub fn run<T: Versioned>(
     let mut version: Option<String> = None;
     loop {
         let step = match &version {
-            None => list(client, target).map(|(items, rv)| {
-                version = Some(rv);
-                sink(Update::Listed(items))
-            }),
+            None => {
+                list(client, &format!("{}?{}", target.path, target.selector)).map(|(items, rv)| {
+                    version = Some(rv);
+                    sink(Update::Listed(items))
+                })
+            }
             Some(rv) => watch(client, target, rv, &mut sink).map(|(latest, go_on)| {
                 version = latest;
                 go_on
@@ -128,8 +130,12 @@ pub fn run<T: Versioned>(
     }
 }
 
-fn list<T: Versioned>(client: &Client, target: &Target) -> Result<(Vec<T>, String), KubeError> {
-    let v = client.get(&format!("{}?{}", target.path, target.selector))?;
+/// Lists a collection (`path?query`): the items and the list's resourceVersion.
+pub fn list<T: Versioned>(
+    client: &Client,
+    path_and_query: &str,
+) -> Result<(Vec<T>, String), KubeError> {
+    let v = client.get(path_and_query)?;
     let rv = v
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
