@@ -5,9 +5,8 @@ SHELL := /bin/bash
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 REGISTRY ?= ghcr.io/middlendian
 IMAGE    ?= $(REGISTRY)/leader-labeler:$(VERSION)
-MUSL     := x86_64-unknown-linux-musl
 ARM64    := aarch64-unknown-linux-musl
-STATIC_BIN := target/$(MUSL)/release/leader-labeler
+STATIC_BIN := target/static/leader-labeler
 ARM64_BIN  := target/$(ARM64)/release/leader-labeler
 TARBALL  := target/leader-labeler-$(VERSION).tar
 
@@ -24,10 +23,8 @@ help: ## List the targets
 build: ## Release build for this machine
 	cargo build --release
 
-static: ## Static x86_64 musl binary for the scratch image
-	@scripts/deps.sh musl
-	cargo build --release --target $(MUSL)
-	@ls -l $(STATIC_BIN) | awk '{printf "static binary: %s (%d bytes)\n", $$9, $$5}'
+static: ## Static x86_64 binary for the scratch image (musl; static glibc as fallback)
+	scripts/static.sh
 
 static-arm64: ## Static aarch64 musl binary, checked under qemu
 	@scripts/deps.sh arm64

@@ -320,7 +320,7 @@ fn main() {
             ..Default::default()
         }),
         baseline: baseline.clone(),
-        static_bin: root.join("target/x86_64-unknown-linux-musl/release/leader-labeler"),
+        static_bin: root.join("target/static/leader-labeler"),
         handovers: if quick { 3 } else { 10 },
         crashes: if quick { 2 } else { 5 },
         steady: Duration::from_secs(if quick { 20 } else { 60 }),
@@ -344,7 +344,7 @@ fn main() {
         );
         let (binary, image) = match imp {
             Impl::LeaderLabeler => (
-                file_size(&root.join("target/x86_64-unknown-linux-musl/release/leader-labeler")),
+                file_size(&root.join("target/static/leader-labeler")),
                 std::fs::read_dir(root.join("target")).ok().and_then(|d| {
                     d.flatten()
                         .find(|e| e.file_name().to_string_lossy().ends_with(".tar"))

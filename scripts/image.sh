@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=target/x86_64-unknown-linux-musl/release/leader-labeler
+BIN=target/static/leader-labeler
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 REVISION=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 

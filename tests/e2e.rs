@@ -221,9 +221,11 @@ fn lone_leader_sigterm_leads_until_the_grace_deadline() {
         took >= Duration::from_millis(3800) && took < secs(5),
         "left after {took:?}"
     );
-    let lost = observer
-        .with(|s| s.leaderless_since())
-        .expect("leadership ended");
+    // The process has exited; its last write reaches the observer a moment later.
+    observer.wait_until(secs(2), "pod-a's label turned false", |s| {
+        s.leaderless_since().is_some()
+    });
+    let lost = observer.with(|s| s.leaderless_since()).unwrap();
     let led_for = lost - t0;
     assert!(
         led_for >= Duration::from_millis(3800),

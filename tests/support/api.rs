@@ -1,4 +1,6 @@
-//! The harness's own admin client for the API server (system:masters token).
+//! The harness's own client for the API server: with the admin token (system:masters)
+//! in `Cluster::api` and `Namespace::api`, or with a service-account token
+//! (`Namespace::sa_api`). Synchronous ureq, trusting only the test CA.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -10,6 +12,7 @@ use ureq::http;
 pub const MERGE: &str = "application/merge-patch+json";
 pub const STRATEGIC: &str = "application/strategic-merge-patch+json";
 
+/// A bearer-token client for one API server.
 #[derive(Clone)]
 pub struct Api {
     base: String,
@@ -19,6 +22,7 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client for `base` (`https://127.0.0.1:PORT`) trusting only `ca_file`.
     pub fn new(base: &str, ca_file: &Path, token: &str) -> Api {
         let pem = std::fs::read(ca_file).expect("read CA");
         let certs: Vec<_> = ureq::tls::parse_pem(&pem)
@@ -89,6 +93,7 @@ impl Api {
         v
     }
 
+    /// GET; panics unless 2xx. Likewise `post`, `put`, `patch`, `delete`.
     pub fn get(&self, path: &str) -> Value {
         self.ok("GET", path, None)
     }

@@ -2,6 +2,16 @@
 //! tests/control-plane/build.sh. RBAC authorization, a test CA with a serving certificate
 //! for 127.0.0.1, service-account signing keys, an admin token for the harness and an
 //! audit log of every lease and pod request.
+//!
+//! - [`Cluster::shared`]: one control plane per test binary, started on first use.
+//! - [`Cluster::start`]: a private one (e.g. with a short `--min-request-timeout`, or to
+//!   restart its kube-apiserver without disturbing other tests).
+//! - [`Cluster::with_controllers`]: shared, plus kube-controller-manager (EndpointSlices).
+//!
+//! The binaries come from `tests/control-plane/build.sh` (built once into
+//! `~/.cache/leader-labeler`, or `KUBEBUILDER_ASSETS`); if that fails the caller panics
+//! with the script's message: the suite never skips. The processes are children that die
+//! with the test process, even on SIGKILL (see `process.rs`), and are killed on drop.
 
 use super::api::Api;
 use super::process::spawn_long_lived;
@@ -12,8 +22,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The harness's bearer token: user `e2e-admin` in group `system:masters`.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 
+/// How to start a private control plane; `Default` is what `Cluster::shared` uses.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// kube-apiserver --min-request-timeout (seconds): how soon the server ends watches
@@ -27,19 +39,27 @@ pub struct ClusterOptions {
 /// The node name every test pod carries.
 pub const NODE: &str = "e2e-node";
 
+/// etcd + kube-apiserver on free loopback ports, with their files in `dir`
+/// (`$TMPDIR/leader-labeler-e2e/<pid>-<n>/`: `ca.crt`, `audit.log`, `*.log` of each
+/// process, `kubeconfig`, and one folder per namespace).
 pub struct Cluster {
+    /// The cluster's working folder.
     pub dir: PathBuf,
+    /// kube-apiserver's secure port on 127.0.0.1.
     pub port: u16,
+    /// Admin client (system:masters).
     pub api: Api,
     bin: PathBuf,
     etcd: Mutex<Child>,
     apiserver: Mutex<Child>,
     apiserver_args: Vec<String>,
+    /// Admin kubeconfig for kubectl.
     pub kubeconfig: PathBuf,
     controller_manager: Option<Mutex<Child>>,
 }
 
-/// The folder with etcd and kube-apiserver; builds them the first time. Fails loudly.
+/// The folder with etcd and kube-apiserver: the last stdout line of
+/// tests/control-plane/build.sh, which builds them the first time. Panics if it fails.
 pub fn control_plane_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -66,6 +86,7 @@ pub fn control_plane_bin() -> PathBuf {
     .clone()
 }
 
+/// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -192,6 +213,7 @@ impl Cluster {
         SHARED.get_or_init(|| Cluster::start(ClusterOptions::default()))
     }
 
+    /// A private control plane; ready (`/readyz` 200, RBAC bootstrapped) on return.
     pub fn start(opts: ClusterOptions) -> Cluster {
         let bin = control_plane_bin();
         let dir = workdir();
@@ -295,7 +317,8 @@ impl Cluster {
         let kcm = self.bin.join("kube-controller-manager");
         assert!(
             kcm.exists(),
-            "{} missing: run tests/control-plane/build.sh",
+            "{} missing: envtest folders (KUBEBUILDER_ASSETS) have no kube-controller-manager; \
+             unset KUBEBUILDER_ASSETS so tests/control-plane/build.sh builds it",
             kcm.display()
         );
         let child = spawn_logged(
@@ -317,16 +340,25 @@ impl Cluster {
         );
     }
 
+    /// `https://127.0.0.1:PORT`.
     pub fn server_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// The test CA that signed the serving certificate (IP SAN 127.0.0.1).
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
 
-    pub fn audit_log(&self) -> PathBuf {
+    /// The audit log: one JSON line per lease, pod and pod-status request (level
+    /// Metadata: `verb`, `user.username`, `userAgent`, `objectRef`, `responseStatus`).
+    pub fn audit_log_path(&self) -> PathBuf {
         self.dir.join("audit.log")
+    }
+
+    /// Same as [`Cluster::audit_log_path`].
+    pub fn audit_log(&self) -> PathBuf {
+        self.audit_log_path()
     }
 
     fn wait_ready(&self) {
@@ -364,7 +396,16 @@ impl Cluster {
         let _ = child.wait();
     }
 
-    /// Starts kube-apiserver again on the same etcd, port and certificates.
+    /// Kills kube-apiserver and starts it again on the same etcd, port and certificates;
+    /// returns once it is ready. Clients see their connections drop and then 503s or
+    /// refused connections until it is back.
+    pub fn restart_apiserver(&self) {
+        self.stop_apiserver();
+        self.start_apiserver();
+    }
+
+    /// Starts kube-apiserver again on the same etcd, port and certificates (after
+    /// [`Cluster::stop_apiserver`]); returns once it is ready.
     pub fn start_apiserver(&self) {
         let child = spawn_logged(
             &self.dir,

@@ -9,15 +9,25 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// The election (and Lease) name every test uses.
 pub const ELECTION: &str = "my-app";
+/// The leadership label the sidecar writes by default.
 pub const LEADER_KEY: &str = "my-app/is-leader";
+/// The participation label the sidecar writes by default.
 pub const PARTICIPANT_KEY: &str = "my-app/participant";
+/// The ServiceAccount deploy/rbac.yaml creates.
 pub const SERVICE_ACCOUNT: &str = "leader-labeler";
 
+/// A namespace of its own for one test (never reused: without a controller-manager a
+/// deleted namespace stays Terminating). Holds deploy/rbac.yaml's ServiceAccount, Role
+/// and RoleBinding, and a service-account token in `token_file()`. Dropping it
+/// force-deletes its pods.
 pub struct Namespace<'c> {
     pub cluster: &'c Cluster,
     pub name: String,
+    /// Admin client (system:masters).
     pub api: Api,
+    /// This namespace's folder inside the cluster's: token file, sidecar logs.
     pub dir: PathBuf,
     /// Pod IPs handed out so far (TEST-NET-1, 192.0.2.0/24: stored, never contacted).
     ips: AtomicU32,
@@ -31,12 +41,15 @@ pub fn rbac_manifest(namespace: &str) -> String {
 }
 
 impl<'c> Namespace<'c> {
-    /// Creates `<prefix>-<pid>-<n>` and applies deploy/rbac.yaml there.
+    /// Creates `<prefix>-<pid>-<n>`, applies deploy/rbac.yaml there, writes a fresh
+    /// service-account token (TokenRequest, 1 h) to `token_file()` and returns once RBAC
+    /// lets that token list pods.
     pub fn new(cluster: &'c Cluster, prefix: &str) -> Namespace<'c> {
         Self::with_rbac(cluster, prefix, |m| m)
     }
 
-    /// Like `new`, with the RBAC manifest edited first (for missing-permission tests).
+    /// Like `new`, with the RBAC manifest (YAML text) edited first (for
+    /// missing-permission tests).
     pub fn with_rbac(
         cluster: &'c Cluster,
         prefix: &str,
@@ -138,6 +151,7 @@ impl<'c> Namespace<'c> {
         }
     }
 
+    /// The service-account token file the sidecars read (as if mounted in the pod).
     pub fn token_file(&self) -> PathBuf {
         self.dir.join("token")
     }
@@ -149,15 +163,121 @@ impl<'c> Namespace<'c> {
         std::fs::rename(&tmp, self.token_file()).unwrap();
     }
 
+    /// A client that authenticates with the token currently in `token_file()`: what the
+    /// sidecar may and may not do.
+    pub fn sa_api(&self) -> Api {
+        let token = std::fs::read_to_string(self.token_file()).expect("token file");
+        Api::new(
+            &self.cluster.server_url(),
+            &self.cluster.ca_file(),
+            token.trim(),
+        )
+    }
+
+    /// Whether the service account may `verb` the `resource` (`"pods"`, `"leases"`,
+    /// `"events"`; the group is implied) named `name`, by a SelfSubjectAccessReview made
+    /// with its token.
+    pub fn sa_can(&self, verb: &str, resource: &str, name: Option<&str>) -> bool {
+        let group = match resource {
+            "leases" => "coordination.k8s.io",
+            _ => "",
+        };
+        let (code, v) = self.sa_api().call(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            Some((
+                "application/json",
+                &json!({"apiVersion": "authorization.k8s.io/v1",
+                        "kind": "SelfSubjectAccessReview",
+                        "spec": {"resourceAttributes": {
+                            "namespace": self.name, "verb": verb, "group": group,
+                            "resource": resource, "name": name.unwrap_or("")}}}),
+            )),
+        );
+        assert_eq!(code, 201, "SelfSubjectAccessReview: {v}");
+        v["status"]["allowed"] == true
+    }
+
+    /// deploy/rbac.yaml's Role for this namespace, as JSON.
+    pub fn shipped_role(&self) -> Value {
+        let out = self.cluster.kubectl(
+            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+            Some(&rbac_manifest(&self.name)),
+        );
+        assert!(
+            out.status.success(),
+            "kubectl could not read deploy/rbac.yaml: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: Value = serde_json::from_slice(&out.stdout).expect("kubectl JSON");
+        list["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["kind"] == "Role"))
+            .cloned()
+            .expect("deploy/rbac.yaml has a Role")
+    }
+
+    /// Replaces the Role `leader-labeler` with `role` (JSON; its namespace is set here).
+    pub fn apply_role(&self, mut role: Value) {
+        role["metadata"]["namespace"] = json!(self.name);
+        let path = format!(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/{}/roles/{SERVICE_ACCOUNT}",
+            self.name
+        );
+        role["metadata"]["resourceVersion"] =
+            self.api.get(&path)["metadata"]["resourceVersion"].clone();
+        self.api.put(&path, &role);
+    }
+
+    /// Re-applies deploy/rbac.yaml's Role without `verb` on `resource` (in every rule
+    /// naming that resource; rules left without verbs are dropped), and returns once the
+    /// API server denies it to the service account.
+    pub fn apply_role_without(&self, verb: &str, resource: &str) {
+        let mut role = self.shipped_role();
+        let rules: Vec<Value> = role["rules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|mut rule| {
+                let names_it = rule["resources"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| x == resource));
+                if names_it {
+                    let verbs = rule["verbs"].as_array_mut()?;
+                    verbs.retain(|v| v != verb);
+                    if verbs.is_empty() {
+                        return None;
+                    }
+                }
+                Some(rule)
+            })
+            .collect();
+        role["rules"] = Value::Array(rules);
+        self.apply_role(role);
+        let name = (resource == "leases").then_some(ELECTION);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.sa_can(verb, resource, name) {
+            assert!(
+                Instant::now() < deadline,
+                "RBAC still allows {verb} {resource} 20 s after the Role changed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn pods(&self) -> String {
         format!("/api/v1/namespaces/{}/pods", self.name)
     }
 
-    /// A plain Pod: nothing runs it; the test drives its status.
+    /// A plain Pod (label app=my-app, spec.nodeName set, serviceAccountName
+    /// leader-labeler, one container, terminationGracePeriodSeconds 30, a TEST-NET podIP)
+    /// with its Ready condition set as asked. Nothing runs it; the test drives its status.
     pub fn create_pod(&self, name: &str, ready: bool) -> Value {
         self.create_pod_with_grace(name, ready, 30)
     }
 
+    /// `create_pod` with `terminationGracePeriodSeconds: grace`.
     pub fn create_pod_with_grace(&self, name: &str, ready: bool, grace: u64) -> Value {
         self.api.post(
             &self.pods(),
@@ -183,6 +303,7 @@ impl<'c> Namespace<'c> {
         self.set_ready(name, ready)
     }
 
+    /// The podIP `create_pod` gave the pod.
     pub fn pod_ip(&self, name: &str) -> String {
         self.get_pod(name)["status"]["podIP"]
             .as_str()
@@ -203,7 +324,8 @@ impl<'c> Namespace<'c> {
         )
     }
 
-    /// Graceful delete: sets deletionTimestamp; nothing finalizes it without a kubelet.
+    /// Graceful delete: sets deletionTimestamp; nothing finalizes it without a kubelet
+    /// (finish with `force_delete`).
     pub fn delete_pod(&self, name: &str, grace_seconds: u64) {
         self.api.delete(
             &format!("{}/{name}", self.pods()),
@@ -211,6 +333,7 @@ impl<'c> Namespace<'c> {
         );
     }
 
+    /// Removes the pod at once (grace 0); a missing pod is fine.
     pub fn force_delete(&self, name: &str) {
         let _ = self.api.call(
             "DELETE",
@@ -219,16 +342,19 @@ impl<'c> Namespace<'c> {
         );
     }
 
+    /// The pod as JSON (panics unless 200).
     pub fn get_pod(&self, name: &str) -> Value {
         self.api.get(&format!("{}/{name}", self.pods()))
     }
 
+    /// A label of the pod, read from the API server now.
     pub fn label(&self, pod: &str, key: &str) -> Option<String> {
         self.get_pod(pod)["metadata"]["labels"][key]
             .as_str()
             .map(str::to_string)
     }
 
+    /// Sets a label as admin (JSON merge patch).
     pub fn set_label(&self, pod: &str, key: &str, value: &str) {
         self.api.patch(
             &format!("{}/{pod}", self.pods()),
@@ -237,11 +363,17 @@ impl<'c> Namespace<'c> {
         );
     }
 
+    /// The election's Lease (`my-app`), None if it does not exist yet.
     pub fn get_lease(&self) -> Option<Value> {
+        self.get_lease_named(ELECTION)
+    }
+
+    /// Any Lease of this namespace, None if it does not exist.
+    pub fn get_lease_named(&self, name: &str) -> Option<Value> {
         let (code, v) = self.api.call(
             "GET",
             &format!(
-                "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{ELECTION}",
+                "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{name}",
                 self.name
             ),
             None,

@@ -2,6 +2,13 @@
 //! records, after each event (each resourceVersion), which pods carry `is-leader=true`.
 //! Two at once is a failure. It also records leaderless gaps, and lets a test wait for a
 //! condition as an event instead of sleeping.
+//!
+//! ```ignore
+//! let observer = Observer::start(&ns); // or Observer::start_for(&ns, "my-app/is-leader")
+//! let leader = observer.wait_for_single_leader(Duration::from_secs(15));
+//! observer.wait_until(Duration::from_secs(5), "pod-b leads", |s| s.leader().as_deref() == Some("pod-b"));
+//! // dropping it asserts that two pods never carried the label at once
+//! ```
 
 use super::namespace::{Namespace, LEADER_KEY};
 use serde_json::Value;
@@ -10,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// One pod as last seen.
 #[derive(Debug, Clone, Default)]
 pub struct PodView {
     pub labels: BTreeMap<String, String>,
@@ -18,25 +26,34 @@ pub struct PodView {
     pub resource_version: String,
 }
 
+/// What the observer knows; predicates of `wait_until` get it.
 #[derive(Debug, Default)]
 pub struct State {
+    /// The label that marks the leader (`my-app/is-leader`).
+    pub key: String,
     pub pods: BTreeMap<String, PodView>,
-    /// Every change of the leader set: when it was seen, at which resourceVersion.
+    /// The leader set after every event that changed it: when it was seen (Instant), at
+    /// which resourceVersion ("list" for a (re-)list), and the pods labeled `true`.
+    /// Between two entries the set did not change.
     pub history: Vec<(Instant, String, Vec<String>)>,
+    /// Every event after which two or more pods carried `key=true`.
     pub violations: Vec<String>,
+    /// Watch events seen so far.
     pub events: u64,
     listed: bool,
 }
 
 impl State {
+    /// Pods labeled `key=true` now.
     pub fn leaders(&self) -> Vec<String> {
         self.pods
             .iter()
-            .filter(|(_, p)| p.labels.get(LEADER_KEY).map(String::as_str) == Some("true"))
+            .filter(|(_, p)| p.labels.get(&self.key).map(String::as_str) == Some("true"))
             .map(|(n, _)| n.clone())
             .collect()
     }
 
+    /// The one pod labeled `key=true`, None when none or several are.
     pub fn leader(&self) -> Option<String> {
         match self.leaders().as_slice() {
             [one] => Some(one.clone()),
@@ -44,6 +61,7 @@ impl State {
         }
     }
 
+    /// A label of a pod as last seen.
     pub fn label(&self, pod: &str, key: &str) -> Option<&str> {
         self.pods.get(pod)?.labels.get(key).map(String::as_str)
     }
@@ -85,6 +103,7 @@ impl State {
     }
 
     /// Closed leaderless intervals after the first leader appeared: (start, end).
+    /// Closed leaderless spells after the first leader: (start, end).
     pub fn gaps(&self) -> Vec<(Instant, Instant)> {
         let mut gaps = vec![];
         let mut had_leader = false;
@@ -130,6 +149,7 @@ fn pod_view(obj: &Value) -> (String, PodView) {
     )
 }
 
+/// A thread that lists and watches the namespace's pods for as long as it lives.
 pub struct Observer {
     shared: Arc<(Mutex<State>, Condvar)>,
     stop: Arc<AtomicBool>,
@@ -138,18 +158,29 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// Watches for `my-app/is-leader`; returns once the first list is in.
     pub fn start(ns: &Namespace) -> Observer {
-        let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        Self::start_for(ns, LEADER_KEY)
+    }
+
+    /// Watches for the leadership label `key`; returns once the first list is in.
+    pub fn start_for(ns: &Namespace, key: &str) -> Observer {
+        let state = State {
+            key: key.to_string(),
+            ..State::default()
+        };
+        let shared = Arc::new((Mutex::new(state), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st, api) = (shared.clone(), stop.clone(), ns.api.clone());
         let path = format!("/api/v1/namespaces/{}/pods", ns.name);
         std::thread::spawn(move || {
             let (lock, cv) = &*s;
+            let lock = || lock.lock().unwrap_or_else(|e| e.into_inner());
             api.list_watch(
                 &path,
                 &st,
                 |items| {
-                    let mut state = lock.lock().unwrap();
+                    let mut state = lock();
                     state.pods = items.iter().map(pod_view).collect();
                     state.record("list");
                     state.listed = true;
@@ -158,7 +189,7 @@ impl Observer {
                 |kind, obj| {
                     let (name, view) = pod_view(obj);
                     let at = view.resource_version.clone();
-                    let mut state = lock.lock().unwrap();
+                    let mut state = lock();
                     state.events += 1;
                     if kind == "DELETED" {
                         state.pods.remove(&name);
@@ -181,8 +212,8 @@ impl Observer {
         o
     }
 
-    /// Waits until `pred` holds; returns the moment it was first seen to hold. Panics
-    /// with the state after `timeout`.
+    /// Waits (on a Condvar, woken by every event) until `pred` holds; returns the moment
+    /// it was seen to hold. Panics after `timeout` naming `what`, with the pods' state.
     pub fn wait_until(
         &self,
         timeout: Duration,
@@ -191,7 +222,7 @@ impl Observer {
     ) -> Instant {
         let (lock, cv) = &*self.shared;
         let deadline = Instant::now() + timeout;
-        let mut state = lock.lock().unwrap();
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if pred(&state) {
                 return Instant::now();
@@ -203,26 +234,43 @@ impl Observer {
                     state.pods
                 );
             }
-            state = cv.wait_timeout(state, deadline - now).unwrap().0;
+            state = cv
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
     /// Waits until exactly one pod is leader and every other labeled pod says false.
     pub fn wait_for_single_leader(&self, timeout: Duration) -> String {
         self.wait_until(timeout, "exactly one leader, the rest false", |s| {
-            s.leader().is_some() && s.pods.values().all(|p| p.labels.contains_key(LEADER_KEY))
+            s.leader().is_some() && s.pods.values().all(|p| p.labels.contains_key(&s.key))
         });
         self.leader().unwrap()
     }
 
+    /// Runs `f` on the current state.
     pub fn with<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.shared.0.lock().unwrap())
+        f(&self.shared.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The one pod labeled leader now, None when none or several are.
     pub fn leader(&self) -> Option<String> {
         self.with(State::leader)
     }
 
+    /// A pod's labels as last seen (empty if the pod is unknown).
+    pub fn labels(&self, pod: &str) -> BTreeMap<String, String> {
+        self.with(|s| {
+            s.pods
+                .get(pod)
+                .map(|p| p.labels.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Panics, listing each resourceVersion, if two pods were ever labeled leader at once.
+    /// Dropping the observer checks this too (unless `lenient`).
     pub fn assert_never_two_leaders(&self) {
         let v = self.with(|s| s.violations.clone());
         assert!(v.is_empty(), "the no-two-leaders rule was broken: {v:#?}");
@@ -235,13 +283,14 @@ impl Observer {
     /// Waits for any new pod event after `seen` events; returns the new count.
     pub fn next_event(&self, seen: u64, timeout: Duration) -> u64 {
         let (lock, cv) = &*self.shared;
-        let state = lock.lock().unwrap();
+        let state = lock.lock().unwrap_or_else(|e| e.into_inner());
         let (state, _) = cv
             .wait_timeout_while(state, timeout, |s| s.events <= seen)
-            .unwrap();
+            .unwrap_or_else(|e| e.into_inner());
         state.events
     }
 
+    /// Entries in the leader-set history.
     pub fn history_len(&self) -> usize {
         self.with(|s| s.history.len())
     }

@@ -1,6 +1,13 @@
 //! A TCP proxy between a sidecar and the API server that can cut the link like a network
 //! partition: while blackholed, bytes are neither forwarded nor are connections closed;
-//! new connections are accepted and left hanging.
+//! new connections are accepted and left hanging. When the link comes back, held bytes
+//! flow again (like TCP retransmission after a partition heals).
+//!
+//! ```ignore
+//! let proxy = Proxy::start(cluster.port);
+//! let s = Sidecar::spawn_with(&ns, "pod-a", SidecarOptions { server: Some(proxy.url()), extra: &[] });
+//! proxy.blackhole(true); // partition
+//! ```
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -8,13 +15,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A TCP forwarder on 127.0.0.1:`port` to 127.0.0.1:`upstream_port`. The TLS session is
+/// end to end (the certificate's IP SAN 127.0.0.1 still matches).
 pub struct Proxy {
+    /// The proxy's own port.
     pub port: u16,
     blackhole: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
 impl Proxy {
+    /// Forwards a free loopback port to `upstream_port` on loopback.
     pub fn start(upstream_port: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -41,10 +52,12 @@ impl Proxy {
         }
     }
 
+    /// `https://127.0.0.1:PORT`, for a sidecar's `--server`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// Cuts (`true`) or restores (`false`) the link, both directions, all connections.
     pub fn blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::SeqCst);
     }
@@ -93,5 +106,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, bh: Arc<AtomicBool>, st: Arc<Ato
             break;
         }
     }
+    // A close is held too: across a partition the other side sees nothing.
+    wait_while(&bh, &st);
     let _ = to.shutdown(Shutdown::Write);
 }

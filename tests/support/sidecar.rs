@@ -1,4 +1,12 @@
 //! The real leader-labeler binary, one process per pod.
+//!
+//! `Sidecar::spawn(&ns, "pod-a", &["-v"])` runs
+//! `leader-labeler --election-name=my-app --pod-name=pod-a --namespace=NS --server=URL
+//! --token-file=F --ca-file=F --lease-duration=3s --renew-deadline=2s --retry-period=500ms
+//! --http-address=127.0.0.1:0 -v`, with stdout and stderr in a log file (`output()`).
+//! An extra argument naming one of the default timing/HTTP flags replaces that default.
+//! The process dies with the test's thread (PR_SET_PDEATHSIG) and is killed on drop;
+//! when the test panics, its log is printed.
 
 use super::namespace::{Namespace, ELECTION};
 use super::process::{signal, spawn_scoped};
@@ -22,21 +30,33 @@ pub const FAST: [&str; 3] = [
     "--retry-period=500ms",
 ];
 
+/// One running (or exited) sidecar process.
 pub struct Sidecar {
+    /// The pod it runs for.
     pub pod: String,
     child: Child,
+    /// Its stdout and stderr.
     pub log: PathBuf,
     status: Option<ExitStatus>,
 }
 
+/// Options of [`Sidecar::spawn_with`].
 pub struct SidecarOptions<'a> {
     /// Defaults to the cluster's URL (a proxy's URL to cut it off later).
     pub server: Option<String>,
+    /// Arguments after the defaults; a default flag named here is left out.
     pub extra: &'a [&'a str],
 }
 
+/// `--name` of `--name=value` or `--name`; None for values and short flags.
+fn flag_name(arg: &str) -> Option<&str> {
+    arg.starts_with("--")
+        .then(|| arg.split_once('=').map_or(arg, |(name, _)| name))
+}
+
 impl Sidecar {
-    /// leader-labeler with the fast test timings.
+    /// leader-labeler for `pod` with the fast test timings, talking to the cluster
+    /// directly, with `extra` arguments (which may override the timing flags).
     pub fn spawn(ns: &Namespace, pod: &str, extra: &[&str]) -> Sidecar {
         Self::spawn_with(
             ns,
@@ -48,10 +68,15 @@ impl Sidecar {
         )
     }
 
+    /// Like `spawn`, optionally through another server URL (e.g. a [`super::Proxy`]'s).
     pub fn spawn_with(ns: &Namespace, pod: &str, opts: SidecarOptions) -> Sidecar {
-        let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
         // Many sidecars share this machine: each listens on a port of its own.
-        args.push("--http-address=127.0.0.1:0".into());
+        let defaults = FAST.iter().copied().chain(["--http-address=127.0.0.1:0"]);
+        let overridden: Vec<&str> = opts.extra.iter().filter_map(|a| flag_name(a)).collect();
+        let mut args: Vec<String> = defaults
+            .filter(|d| !flag_name(d).is_some_and(|n| overridden.contains(&n)))
+            .map(str::to_string)
+            .collect();
         args.extend(opts.extra.iter().map(|s| s.to_string()));
         Self::spawn_program(ns, pod, &bin(), opts.server, &args)
     }
@@ -90,19 +115,33 @@ impl Sidecar {
         }
     }
 
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Sends SIGTERM (as the kubelet does at pod deletion); does not wait.
     pub fn sigterm(&self) {
         signal(self.pid(), libc::SIGTERM);
     }
 
+    /// Sends SIGKILL and reaps the process.
     pub fn sigkill(&mut self) {
         let _ = self.child.kill();
         self.status = self.child.wait().ok();
     }
 
+    /// Sends SIGSTOP: the process freezes (a hung node) until `resume`.
+    pub fn freeze(&self) {
+        signal(self.pid(), libc::SIGSTOP);
+    }
+
+    /// Sends SIGCONT after `freeze`.
+    pub fn resume(&self) {
+        signal(self.pid(), libc::SIGCONT);
+    }
+
+    /// Whether the process has not exited yet.
     pub fn is_running(&mut self) -> bool {
         self.try_status().is_none()
     }
@@ -114,8 +153,8 @@ impl Sidecar {
         self.status
     }
 
-    /// Waits for the process to exit, polling its status (a child's exit is an event we
-    /// can only poll for without a reaper thread).
+    /// Waits up to `timeout` for the process to exit; None if it still runs. Polls every
+    /// 5 ms (a child's exit is an event we can only poll for without a reaper thread).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -168,6 +207,7 @@ impl Sidecar {
         (code, body)
     }
 
+    /// Everything it printed so far (stdout and stderr).
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
