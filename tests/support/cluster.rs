@@ -420,12 +420,14 @@ impl Cluster {
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         use std::io::Write;
         let mut cmd = Command::new("kubectl");
-        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+        cmd.env_remove("KUBECONFIG")
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl is needed by the e2e suite");
+        let mut child =
+            super::process::spawn_scoped(cmd).expect("kubectl is needed by the e2e suite");
         if let Some(input) = stdin {
             child
                 .stdin

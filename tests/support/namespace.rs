@@ -209,11 +209,17 @@ impl<'c> Namespace<'c> {
             "kubectl could not read deploy/rbac.yaml: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let list: Value = serde_json::from_slice(&out.stdout).expect("kubectl JSON");
-        list["items"]
-            .as_array()
-            .and_then(|items| items.iter().find(|i| i["kind"] == "Role"))
-            .cloned()
+        // One JSON document per object (or a List, depending on the kubectl version).
+        let docs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter::<Value>()
+            .collect::<Result<_, _>>()
+            .expect("kubectl JSON");
+        docs.iter()
+            .flat_map(|d| match d["items"].as_array() {
+                Some(items) => items.clone(),
+                None => vec![d.clone()],
+            })
+            .find(|i| i["kind"] == "Role")
             .expect("deploy/rbac.yaml has a Role")
     }
 
