@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Installs what a build target needs and a fresh machine lacks, only when it is missing.
-#   scripts/deps.sh musl      x86_64 musl target (+ musl-tools for ring's C code)
-#   scripts/deps.sh arm64     aarch64 musl target, cross gcc, qemu-user to run it
-#   scripts/deps.sh image     an image builder (podman, docker with a daemon, or buildah)
+# Idempotent: with everything present it installs nothing and prints nothing.
+#   scripts/deps.sh musl      Rust target x86_64-unknown-linux-musl; Debian musl-tools
+#                             (optional: gcc also compiles ring's C code for musl)
+#   scripts/deps.sh arm64     Rust target aarch64-unknown-linux-musl; Debian
+#                             gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, and qemu-user
+#                             unless qemu-aarch64(-static) is already there
+#   scripts/deps.sh image     an image builder: podman, docker with a daemon, or else
+#                             Debian buildah (daemonless)
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -34,11 +39,14 @@ rust_target() {
 case "${1:-}" in
   musl)
     rust_target x86_64-unknown-linux-musl
-    have musl-gcc || apt_install musl-tools
+    # Optional: without musl-gcc, ring's C code is compiled with plain gcc.
+    have musl-gcc || (apt_install musl-tools) ||
+      echo "deps: musl-tools not installed; using gcc for ring's C code" >&2
     ;;
   arm64)
     rust_target aarch64-unknown-linux-musl
-    apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+    apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+    have qemu-aarch64 || have qemu-aarch64-static || apt_install qemu-user
     ;;
   image)
     if have podman || { have docker && docker info >/dev/null 2>&1; } || have buildah; then

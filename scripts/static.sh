@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Builds the static x86_64 binary the image ships, into target/static/leader-labeler.
-# Preferred: the musl target. If it cannot be installed here (rustup needs the Rust
-# distribution server, which some build machines cannot reach), falls back to a static
-# glibc build (-C target-feature=+crt-static), which works in a scratch image too.
+# Builds the static x86_64 binary the image ships, into target/static/leader-labeler, and
+# prints its size. Preferred: the x86_64-unknown-linux-musl target (added with rustup when
+# missing); ring's C code is compiled with musl-gcc (Debian's musl-tools, installed when
+# missing) or, failing that, plain gcc, which works too. If the musl target cannot be
+# added (rustup needs the Rust distribution server), falls back to a static glibc build
+# (-C target-feature=+crt-static), which runs in a scratch image as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/static
 mkdir -p "$out"
 if scripts/deps.sh musl; then
-  CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-$(command -v musl-gcc || echo gcc)} \
+  # Always the same value for the same machine: cargo rebuilds ring when it changes.
+  if command -v musl-gcc >/dev/null 2>&1; then cc=musl-gcc; else cc=gcc; fi
+  CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-$cc} \
     cargo build --release --target x86_64-unknown-linux-musl >&2
   cp target/x86_64-unknown-linux-musl/release/leader-labeler "$out/leader-labeler"
   kind=musl
