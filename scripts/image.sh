@@ -4,7 +4,8 @@
 #   scripts/image.sh build IMAGE          build from target/.../release/leader-labeler
 #   scripts/image.sh tar IMAGE FILE       save as a docker-archive tarball
 #   scripts/image.sh check IMAGE          run --version inside the image
-#   scripts/image.sh push IMAGE           push to the registry named in IMAGE
+#   scripts/image.sh push IMAGE           push to the registry named in IMAGE (TLS_VERIFY=false
+#                                         for a plain-HTTP registry with buildah/podman)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,10 +71,17 @@ case "$cmd" in
     [ "$user" = "65532:65532" ] || { echo "image: runs as '$user', expected 65532:65532" >&2; exit 1; }
     ;;
   push)
+    # Log in first (`buildah login`, `podman login` or `docker login`). TLS_VERIFY=false
+    # allows a plain-HTTP or self-signed registry with buildah and podman; docker takes
+    # that from its daemon's insecure-registries instead.
+    tls=()
+    [ "${TLS_VERIFY:-true}" = false ] && tls=(--tls-verify=false)
     case "$eng" in
-      buildah) "${BUILDAH[@]}" push "$image" "docker://$image" ;;
-      *) "$eng" push "$image" ;;
+      buildah) "${BUILDAH[@]}" push "${tls[@]}" "$image" "docker://$image" ;;
+      podman) podman push "${tls[@]}" "$image" ;;
+      docker) docker push "$image" ;;
     esac
+    echo "image: pushed $image" >&2
     ;;
   *) echo "usage: $0 build|tar|check|push IMAGE [FILE]" >&2; exit 2 ;;
 esac
