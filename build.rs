@@ -34,7 +34,10 @@ fn main() {
     // (which packs refs) is noticed too. Only existing paths: a missing one would rerun
     // this script, and rebuild the crate, on every build.
     if let Some(common) = git(&["rev-parse", "--git-common-dir"]).map(PathBuf::from) {
-        for p in [common.join("packed-refs"), common.join("refs").join("heads")] {
+        for p in [
+            common.join("packed-refs"),
+            common.join("refs").join("heads"),
+        ] {
             if p.exists() {
                 println!("cargo:rerun-if-changed={}", p.display());
             }
