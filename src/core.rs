@@ -529,8 +529,20 @@ impl Core {
                 election::claim(None, &self.s.me, now.wall, self.s.lease_duration),
             )),
             (Role::Follower, LeaseView::Present(o)) => {
-                // Our own name on the lease: a restart of this sidecar in the same pod.
-                // Resume at once (the lease is ours; the label is on this same pod).
+                // Our own name on the lease: a restart of this sidecar in the same pod (or
+                // a StatefulSet pod recreated under the same name). Resume at once: the
+                // lease is ours and the label is on this same pod. But if this pod cannot
+                // serve and a ready participant can, release instead of making everyone
+                // wait out a lease nobody renews.
+                if o.holder() == self.s.me && !self.eligible() && self.successor().is_some() {
+                    log::info!(
+                        "releasing the Lease this pod held before a restart: it is not ready"
+                    );
+                    return Some(Action::UpdateLease {
+                        base: o.lease.clone(),
+                        record: election::release(&o.lease.record, now.wall),
+                    });
+                }
                 let resume = o.holder() == self.s.me && !must_leave;
                 (resume || (self.eligible() && o.is_free(now.mono))).then(|| self.claim(o, now))
             }
@@ -1517,6 +1529,32 @@ mod tests {
         // It never labeled itself false in between.
         assert_eq!(w.writes, ["lease holder=\"pod-b\""]);
         assert_eq!(w.lease.as_ref().unwrap().record.transitions, 2);
+    }
+
+    #[test]
+    fn restarted_unready_pod_releases_its_lease_to_a_ready_participant() {
+        let mut w = World::new();
+        w.update_pod(ME, |p| p.ready = false);
+        w.add_pod(
+            "pod-a",
+            true,
+            &[("e/is-leader", "false"), ("e/participant", "true")],
+        );
+        w.set_lease(ME, 2);
+        w.boot();
+        w.run();
+        assert!(!w.core.is_leader());
+        let lease = w.lease.clone().unwrap();
+        assert_eq!(lease.record.holder, "", "released, not resumed");
+        assert_eq!(lease.record.transitions, 2);
+        assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
+        // Without a ready participant it resumes, as any restart does.
+        let mut w = World::new();
+        w.update_pod(ME, |p| p.ready = false);
+        w.set_lease(ME, 2);
+        w.boot();
+        w.run();
+        assert!(w.core.is_leader());
     }
 
     #[test]
