@@ -952,6 +952,20 @@ mod tests {
             self.feed(Observation::PodsListed(labeled));
         }
 
+        /// Booted as a follower of `leader`, a ready participant labeled leader.
+        fn following(leader: &str, transitions: i64) -> World {
+            let mut w = World::new();
+            w.add_pod(
+                leader,
+                true,
+                &[("e/is-leader", "true"), ("e/participant", "true")],
+            );
+            w.set_lease(leader, transitions);
+            w.boot();
+            w.run();
+            w
+        }
+
         fn labeled(&self) -> Vec<Pod> {
             self.pods
                 .values()
@@ -1144,15 +1158,7 @@ mod tests {
 
     #[test]
     fn follower_labels_itself_false_and_waits_a_full_lease_duration() {
-        let mut w = World::new();
-        w.add_pod(
-            "pod-a",
-            true,
-            &[("e/is-leader", "true"), ("e/participant", "true")],
-        );
-        w.set_lease("pod-a", 3);
-        w.boot();
-        w.run();
+        let mut w = World::following("pod-a", 3);
         assert!(!w.core.is_leader());
         assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
         assert_eq!(w.label(ME, "participant").as_deref(), Some("true"));
@@ -1183,15 +1189,7 @@ mod tests {
 
     #[test]
     fn renewals_seen_keep_the_follower_waiting() {
-        let mut w = World::new();
-        w.add_pod(
-            "pod-a",
-            true,
-            &[("e/is-leader", "true"), ("e/participant", "true")],
-        );
-        w.set_lease("pod-a", 0);
-        w.boot();
-        w.run();
+        let mut w = World::following("pod-a", 0);
         for s in 1..20 {
             w.at(s * 2000);
             w.set_lease("pod-a", 0);
@@ -1202,15 +1200,7 @@ mod tests {
 
     #[test]
     fn released_lease_is_taken_at_once() {
-        let mut w = World::new();
-        w.add_pod(
-            "pod-a",
-            true,
-            &[("e/is-leader", "true"), ("e/participant", "true")],
-        );
-        w.set_lease("pod-a", 2);
-        w.boot();
-        w.run();
+        let mut w = World::following("pod-a", 2);
         w.at(500);
         w.set_lease("", 2);
         let actions = w.run();
@@ -1404,15 +1394,7 @@ mod tests {
 
     #[test]
     fn follower_sigterm_leaves_at_once() {
-        let mut w = World::new();
-        w.add_pod(
-            "pod-a",
-            true,
-            &[("e/is-leader", "true"), ("e/participant", "true")],
-        );
-        w.set_lease("pod-a", 0);
-        w.boot();
-        w.run();
+        let mut w = World::following("pod-a", 0);
         w.writes.clear();
         w.feed(Observation::Signal);
         let actions = w.run();
