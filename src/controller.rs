@@ -198,21 +198,16 @@ impl Reporter {
                 self.events.send(e);
             }
         }
-        let sum = core.summary();
+        let state = core.summary();
         let old = self.telemetry.snapshot();
         // The wall-clock time of a renewal is taken when we first see it.
-        let renewed_unix = match sum.renewed_at {
-            Some(t) if Some(t) != old.renewed_at => Some(unix_now()),
+        let renewed_unix = match state.renewed_at {
+            Some(t) if Some(t) != old.state.renewed_at => Some(unix_now()),
             _ => old.renewed_unix,
         };
+        let is_leader = state.is_leader;
         let snapshot = Snapshot {
-            pod: old.pod.clone(),
-            is_leader: sum.is_leader,
-            leader: sum.holder,
-            participants: sum.participants,
-            draining: sum.draining,
-            connected: sum.connected,
-            renewed_at: sum.renewed_at,
+            state,
             renewed_unix,
         };
         if snapshot != old {
@@ -220,7 +215,7 @@ impl Reporter {
         } else {
             self.telemetry.beat();
         }
-        self.write_leader_file(sum.is_leader);
+        self.write_leader_file(is_leader);
     }
 
     fn write_leader_file(&mut self, is_leader: bool) {
@@ -359,10 +354,7 @@ impl Executor<'_> {
                 &self.lease_path(),
                 &lease_body(name, ns, Some(base), record),
             )),
-            Action::GetLease => match self.client.get(&self.lease_path()) {
-                Err(KubeError::NotFound(_)) => Outcome::Lease(Ok(None)),
-                other => lease(other),
-            },
+            Action::GetLease => Outcome::Lease(self.client.get_lease(&self.lease_path())),
             Action::Patch(p) => pod(self.client.merge_patch(
                 &format!("{}/{}", sensors::pods_path(self.cfg), p.pod),
                 &p.body(),

@@ -108,13 +108,17 @@ pub enum Notice {
 }
 
 /// What the controller publishes about the core's state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     pub is_leader: bool,
+    /// The Lease holder as last seen; empty when free.
     pub holder: String,
+    /// Ready participants, this pod included when it participates.
     pub participants: Vec<String>,
     pub draining: bool,
+    /// The Lease and this pod have been read and the watches deliver.
     pub connected: bool,
+    /// When the last renewal (or acquisition) succeeded, by the local monotonic clock.
     pub renewed_at: Option<Instant>,
 }
 
@@ -290,25 +294,15 @@ impl Core {
         match obs {
             Observation::Lease(lease) => self.observe_lease(lease, now),
             Observation::PodsListed(pods) => {
-                let fresh: BTreeMap<_, _> = pods.into_iter().map(|p| (p.name.clone(), p)).collect();
-                let old = std::mem::take(&mut self.pods);
-                for (name, p) in fresh {
-                    let keep_old = old
-                        .get(&name)
-                        .is_some_and(|o| is_older(&p.resource_version, &o.resource_version));
-                    let p = if keep_old { old[&name].clone() } else { p };
+                // A list is the whole truth: forget pods it no longer holds.
+                let listed: std::collections::BTreeSet<&str> =
+                    pods.iter().map(|p| p.name.as_str()).collect();
+                self.pods.retain(|name, _| listed.contains(name.as_str()));
+                for p in pods {
                     self.note_pod(p, now);
                 }
             }
-            Observation::PodChanged(p) => {
-                let older = self
-                    .pods
-                    .get(&p.name)
-                    .is_some_and(|o| is_older(&p.resource_version, &o.resource_version));
-                if !older {
-                    self.note_pod(p, now);
-                }
-            }
+            Observation::PodChanged(p) => self.note_pod(p, now),
             Observation::PodGone(p) => {
                 self.pods.remove(&p.name);
                 if p.name == self.s.me {
@@ -359,30 +353,35 @@ impl Core {
         }
     }
 
+    /// Takes in a pod as read or watched, unless we already know a newer version of it
+    /// (a write response can overtake the watch event of an older write).
     fn note_pod(&mut self, p: Pod, now: Now) {
-        if p.name == self.s.me {
-            let newer = self
-                .own
-                .as_ref()
-                .is_none_or(|o| !is_older(&p.resource_version, &o.resource_version));
-            if newer {
-                if p.deleting
-                    && !self
-                        .drain
-                        .as_ref()
-                        .is_some_and(|d| d.cause == Cause::Deletion)
-                {
-                    let grace = p
-                        .deletion_grace_seconds
-                        .unwrap_or(p.termination_grace_seconds);
-                    self.start_drain(Cause::Deletion, Duration::from_secs(grace), now);
-                }
-                let was_ready = self.own.as_ref().map(|o| o.ready);
-                if was_ready.is_some() && was_ready != Some(p.ready) {
-                    log::info!("pod is now {}", if p.ready { "Ready" } else { "not Ready" });
-                }
-                self.own = Some(p.clone());
+        let mine = p.name == self.s.me;
+        let known = if mine {
+            self.own.as_ref()
+        } else {
+            self.pods.get(&p.name)
+        };
+        if known.is_some_and(|o| is_older(&p.resource_version, &o.resource_version)) {
+            return;
+        }
+        if mine {
+            if p.deleting
+                && !self
+                    .drain
+                    .as_ref()
+                    .is_some_and(|d| d.cause == Cause::Deletion)
+            {
+                let grace = p
+                    .deletion_grace_seconds
+                    .unwrap_or(p.termination_grace_seconds);
+                self.start_drain(Cause::Deletion, Duration::from_secs(grace), now);
             }
+            let was_ready = self.own.as_ref().map(|o| o.ready);
+            if was_ready.is_some() && was_ready != Some(p.ready) {
+                log::info!("pod is now {}", if p.ready { "Ready" } else { "not Ready" });
+            }
+            self.own = Some(p.clone());
         }
         if p.labels.contains_key(&self.s.keys.leader) {
             self.pods.insert(p.name.clone(), p);
@@ -952,6 +951,14 @@ mod tests {
             self.feed(Observation::PodsListed(labeled));
         }
 
+        /// Booted alone: it created the lease and leads.
+        fn leading() -> World {
+            let mut w = World::new();
+            w.boot();
+            w.run();
+            w
+        }
+
         /// Booted as a follower of `leader`, a ready participant labeled leader.
         fn following(leader: &str, transitions: i64) -> World {
             let mut w = World::new();
@@ -1219,9 +1226,7 @@ mod tests {
 
     #[test]
     fn leader_renews_every_retry_period_and_steps_down_at_the_renew_deadline() {
-        let mut w = World::new();
-        w.boot();
-        w.run();
+        let mut w = World::leading();
         w.writes.clear();
         w.at(2000);
         w.run();
@@ -1254,9 +1259,7 @@ mod tests {
 
     #[test]
     fn leader_that_sees_another_holder_steps_down_at_once() {
-        let mut w = World::new();
-        w.boot();
-        w.run();
+        let mut w = World::leading();
         w.add_pod("pod-a", true, &[("e/is-leader", "false")]);
         w.at(1000);
         w.set_lease("pod-a", 1);
@@ -1334,9 +1337,7 @@ mod tests {
 
     /// Leader pod-b with a ready follower pod-a.
     fn leader_with_follower() -> World {
-        let mut w = World::new();
-        w.boot();
-        w.run();
+        let mut w = World::leading();
         w.add_pod(
             "pod-a",
             true,
@@ -1382,9 +1383,7 @@ mod tests {
 
     #[test]
     fn unready_leader_without_successor_keeps_leading() {
-        let mut w = World::new();
-        w.boot();
-        w.run();
+        let mut w = World::leading();
         w.update_pod(ME, |p| p.ready = false);
         w.run();
         assert!(w.core.is_leader());
@@ -1421,9 +1420,7 @@ mod tests {
 
     #[test]
     fn leader_sigterm_without_successor_leads_until_the_deadline() {
-        let mut w = World::new();
-        w.boot();
-        w.run();
+        let mut w = World::leading();
         w.writes.clear();
         w.feed(Observation::Signal);
         w.run();
@@ -1447,9 +1444,7 @@ mod tests {
 
     #[test]
     fn second_signal_releases_now() {
-        let mut w = World::new();
-        w.boot();
-        w.run();
+        let mut w = World::leading();
         w.feed(Observation::Signal);
         w.run();
         w.at(100);
@@ -1479,9 +1474,7 @@ mod tests {
 
     #[test]
     fn drain_gives_up_when_the_server_never_answers() {
-        let mut w = World::new();
-        w.boot();
-        w.run();
+        let mut w = World::leading();
         w.fail_next(10_000, KubeError::Transport("down".into()));
         w.feed(Observation::Signal);
         let mut exit = None;

@@ -69,7 +69,7 @@ fn route(method: &str, path: &str, t: &Telemetry) -> (u16, &'static str, String)
             Err(why) => (503, TEXT, format!("unhealthy: {why}\n")),
         },
         "/readyz" => {
-            if t.snapshot().connected {
+            if t.snapshot().state.connected {
                 (200, TEXT, "ok\n".into())
             } else {
                 (
@@ -109,7 +109,10 @@ mod tests {
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
         assert!(get(addr, "/readyz").starts_with("HTTP/1.1 503"));
         t.publish(crate::telemetry::Snapshot {
-            connected: true,
+            state: crate::core::Summary {
+                connected: true,
+                ..Default::default()
+            },
             ..Default::default()
         });
         assert!(get(addr, "/readyz").starts_with("HTTP/1.1 200 OK"));

@@ -85,25 +85,14 @@ pub fn start_lease_sensor(
 fn poll_lease(client: &Client, path: &str, every: Duration, tx: &Sender<Observation>) {
     let mut streak = Streak::new("Lease poll");
     loop {
-        let obs = match client.get(path) {
-            Ok(v) => match Lease::from_json(&v) {
-                Ok(l) => Some(Observation::Lease(Some(l))),
-                Err(e) => {
-                    streak.failed(&e);
-                    None
+        match client.get_lease(path) {
+            Ok(lease) => {
+                streak.succeeded();
+                if tx.send(Observation::Lease(lease)).is_err() {
+                    return;
                 }
-            },
-            Err(KubeError::NotFound(_)) => Some(Observation::Lease(None)),
-            Err(e) => {
-                streak.failed(&e);
-                None
             }
-        };
-        if let Some(obs) = obs {
-            streak.succeeded();
-            if tx.send(obs).is_err() {
-                return;
-            }
+            Err(e) => streak.failed(&e),
         }
         thread::sleep(every);
     }

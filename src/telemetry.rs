@@ -4,6 +4,7 @@
 //! The controller thread is the only writer of the snapshot; the HTTP thread and the API
 //! client only read it or bump counters. Nothing here makes decisions.
 
+use crate::core::Summary;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,21 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Upper bounds (seconds) of the renewal latency histogram.
 const RENEW_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-/// The controller's view, copied out after every step.
+/// The core's state as the controller last published it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    pub pod: String,
-    pub is_leader: bool,
-    /// The Lease holder as last seen; empty when free.
-    pub leader: String,
-    /// Ready participants, this pod included when it participates.
-    pub participants: Vec<String>,
-    pub draining: bool,
-    /// The Lease and this pod have been read and the watches deliver.
-    pub connected: bool,
-    /// When the last renewal (or acquisition) succeeded, by the local monotonic clock.
-    pub renewed_at: Option<Instant>,
-    /// The same moment on the wall clock, for the metric.
+    pub state: Summary,
+    /// When `state.renewed_at` was first seen, on the wall clock, for the metric.
     pub renewed_unix: Option<f64>,
 }
 
@@ -41,6 +32,7 @@ struct Histogram {
 /// Shared between the controller, the API client and the HTTP thread.
 #[derive(Debug)]
 pub struct Telemetry {
+    pod: String,
     snapshot: Mutex<Snapshot>,
     /// The controller loop's last turn: a stuck controller fails /healthz.
     heartbeat: Mutex<Instant>,
@@ -57,10 +49,8 @@ pub struct Telemetry {
 impl Telemetry {
     pub fn new(pod: &str, renew_deadline: Duration) -> Telemetry {
         Telemetry {
-            snapshot: Mutex::new(Snapshot {
-                pod: pod.to_string(),
-                ..Default::default()
-            }),
+            pod: pod.to_string(),
+            snapshot: Mutex::new(Snapshot::default()),
             heartbeat: Mutex::new(Instant::now()),
             api_requests: Mutex::new(BTreeMap::new()),
             renew_latency: Mutex::new(Histogram::default()),
@@ -127,7 +117,7 @@ impl Telemetry {
                 now.duration_since(beat).as_secs_f64()
             ));
         }
-        let s = self.snapshot();
+        let s = self.snapshot().state;
         if s.is_leader {
             let since = s.renewed_at.map(|t| now.duration_since(t));
             if since.is_none_or(|d| d > self.unhealthy_after) {
@@ -142,7 +132,10 @@ impl Telemetry {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn metrics(&self) -> String {
-        let s = self.snapshot();
+        let Snapshot {
+            state: s,
+            renewed_unix,
+        } = self.snapshot();
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: f64| {
             let _ = writeln!(
@@ -168,7 +161,7 @@ impl Telemetry {
         gauge(
             "leader_labeler_last_renewal_timestamp_seconds",
             "Unix time of the last successful lease renewal or acquisition by this pod (0: never).",
-            s.renewed_unix.unwrap_or(0.0),
+            renewed_unix.unwrap_or(0.0),
         );
         let mut counter = |name: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -224,11 +217,11 @@ impl Telemetry {
 
     /// The `/leader` document for applications.
     pub fn leader_json(&self) -> String {
-        let s = self.snapshot();
+        let s = self.snapshot().state;
         serde_json::json!({
-            "pod": s.pod,
+            "pod": self.pod,
             "isLeader": s.is_leader,
-            "leader": if s.leader.is_empty() { None } else { Some(&s.leader) },
+            "leader": if s.holder.is_empty() { None } else { Some(&s.holder) },
             "participants": s.participants,
             "draining": s.draining,
         })
@@ -254,8 +247,11 @@ mod tests {
         let now = Instant::now();
         assert!(t.health(now).is_ok(), "a follower is healthy");
         t.publish(Snapshot {
-            is_leader: true,
-            renewed_at: Some(now),
+            state: Summary {
+                is_leader: true,
+                renewed_at: Some(now),
+                ..Default::default()
+            },
             ..Default::default()
         });
         assert!(t.health(now + Duration::from_secs(14)).is_ok());
@@ -278,8 +274,11 @@ mod tests {
         t.observe_renewal(true, Duration::from_millis(3));
         t.observe_renewal(false, Duration::ZERO);
         t.publish(Snapshot {
-            is_leader: true,
-            participants: vec!["a".into(), "b".into()],
+            state: Summary {
+                is_leader: true,
+                participants: vec!["a".into(), "b".into()],
+                ..Default::default()
+            },
             ..Default::default()
         });
         let m = t.metrics();

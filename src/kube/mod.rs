@@ -163,6 +163,17 @@ impl Client {
         self.call(Method::GET, path, None)
     }
 
+    /// The Lease at `path`; Ok(None) when it does not exist.
+    pub fn get_lease(&self, path: &str) -> Result<Option<types::Lease>, KubeError> {
+        match self.get(path) {
+            Ok(v) => types::Lease::from_json(&v)
+                .map(Some)
+                .map_err(KubeError::Decode),
+            Err(KubeError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn put(&self, path: &str, body: &Value) -> Result<Value, KubeError> {
         self.call(Method::PUT, path, Some((JSON, body)))
     }
@@ -175,7 +186,7 @@ impl Client {
         self.call(Method::PATCH, path, Some((MERGE_PATCH, body)))
     }
 
-    /// One API call with a JSON answer. A 401 re-reads the token file and tries once more.
+    /// One API call with a JSON answer.
     pub fn call(
         &self,
         method: Method,
@@ -183,62 +194,56 @@ impl Client {
         body: Option<(&str, &Value)>,
     ) -> Result<Value, KubeError> {
         let body = body.map(|(ct, v)| (ct, serde_json::to_vec(v).unwrap_or_default()));
-        let mut retried = false;
-        loop {
-            let started = Instant::now();
-            let result = self.send(&self.inner.agent, &method, path, body.as_ref(), retried);
-            let mut resp = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    self.trace_failure(&method, path, started, &e);
-                    return Err(e);
-                }
-            };
-            let code = resp.status().as_u16();
-            let bytes = resp
-                .body_mut()
-                .with_config()
-                .limit(MAX_BODY)
-                .read_to_vec()
-                .map_err(|e| KubeError::Transport(describe(&e)));
-            self.trace_response(&method, path, started, code, bytes.as_deref().ok());
-            let bytes = bytes?;
-            if code == 401 && !retried && self.inner.token.is_some() {
-                retried = true;
-                continue;
-            }
-            return decode(code, &method, path, &bytes);
-        }
+        let (mut resp, started) = self.exchange(&self.inner.agent, &method, path, body.as_ref())?;
+        let code = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .map_err(|e| KubeError::Transport(describe(&e)));
+        self.trace_response(&method, path, started, code, bytes.as_deref().ok());
+        decode(code, &method, path, &bytes?)
     }
 
     /// Opens a watch (or any streaming GET) and returns its body once the status is 200.
     pub fn stream(&self, path: &str) -> Result<Box<dyn Read + Send>, KubeError> {
+        let (mut resp, started) =
+            self.exchange(&self.inner.watch_agent, &Method::GET, path, None)?;
+        let code = resp.status().as_u16();
+        if code == 200 {
+            self.trace_response(&Method::GET, path, started, code, None);
+            return Ok(Box::new(resp.into_body().into_reader()));
+        }
+        let bytes = resp.body_mut().read_to_vec().unwrap_or_default();
+        self.trace_response(&Method::GET, path, started, code, Some(&bytes));
+        match decode(code, &Method::GET, path, &bytes) {
+            Ok(_) => Err(KubeError::Decode(format!("watch answered HTTP {code}"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a request and returns the response with its start time, body unread. A 401
+    /// re-reads the token file (the kubelet may have rotated it) and tries once more.
+    fn exchange(
+        &self,
+        agent: &Agent,
+        method: &Method,
+        path: &str,
+        body: Option<&(&str, Vec<u8>)>,
+    ) -> Result<(http::Response<ureq::Body>, Instant), KubeError> {
         let mut retried = false;
         loop {
             let started = Instant::now();
-            let resp = self.send(&self.inner.watch_agent, &Method::GET, path, None, retried);
-            let mut resp = match resp {
-                Ok(r) => r,
-                Err(e) => {
-                    self.trace_failure(&Method::GET, path, started, &e);
-                    return Err(e);
-                }
-            };
-            let code = resp.status().as_u16();
-            if code == 200 {
-                self.trace_response(&Method::GET, path, started, code, None);
-                return Ok(Box::new(resp.into_body().into_reader()));
+            let mut resp = self
+                .send(agent, method, path, body, retried)
+                .inspect_err(|e| self.trace_failure(method, path, started, e))?;
+            if resp.status().as_u16() != 401 || retried || self.inner.token.is_none() {
+                return Ok((resp, started));
             }
             let bytes = resp.body_mut().read_to_vec().unwrap_or_default();
-            self.trace_response(&Method::GET, path, started, code, Some(&bytes));
-            if code == 401 && !retried && self.inner.token.is_some() {
-                retried = true;
-                continue;
-            }
-            return match decode(code, &Method::GET, path, &bytes) {
-                Ok(_) => Err(KubeError::Decode(format!("watch answered HTTP {code}"))),
-                Err(e) => Err(e),
-            };
+            self.trace_response(method, path, started, 401, Some(&bytes));
+            retried = true;
         }
     }
 
