@@ -270,12 +270,12 @@ impl Client {
             builder = builder.header("Authorization", format!("Bearer {t}"));
         }
         if self.inner.verbosity >= 1 {
-            log::debug!(target: "api", "> {method} {path}");
+            log::info!(target: "api", "> {method} {path}");
         }
         let result = match body {
             Some((ct, bytes)) => {
                 if self.inner.verbosity >= 2 {
-                    log::debug!(target: "api::body", "> {}", clip(bytes));
+                    log::info!(target: "api::body", "> {}", clip(bytes));
                 }
                 let req = builder
                     .header("Content-Type", *ct)
@@ -312,14 +312,14 @@ impl Client {
                 .ok()
                 .and_then(|c| c.canonical_reason())
                 .unwrap_or("");
-            log::debug!(
+            log::info!(
                 target: "api",
                 "< {code} {reason} {method} {path} ({:.1} ms)",
                 started.elapsed().as_secs_f64() * 1000.0
             );
             if self.inner.verbosity >= 2 {
                 if let Some(b) = body {
-                    log::debug!(target: "api::body", "< {}", clip(b));
+                    log::info!(target: "api::body", "< {}", clip(b));
                 }
             }
         }
@@ -327,7 +327,7 @@ impl Client {
 
     fn trace_failure(&self, method: &Method, path: &str, started: Instant, e: &KubeError) {
         if self.inner.verbosity >= 1 {
-            log::debug!(
+            log::info!(
                 target: "api",
                 "! {method} {path} failed after {:.1} ms: {e}",
                 started.elapsed().as_secs_f64() * 1000.0

@@ -196,7 +196,7 @@ fn watch<T: Versioned>(
             continue;
         }
         if client.traces_bodies() {
-            log::debug!(target: "api::body", "< {text}");
+            log::info!(target: "api::body", "< {text}");
         }
         let event = WatchEvent::parse(text, T::parse).map_err(KubeError::Decode)?;
         let go_on = match event {
