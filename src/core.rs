@@ -56,6 +56,17 @@ pub enum Observation {
     OwnPod(Pod),
     /// SIGTERM or SIGINT.
     Signal,
+    /// Whether the Lease sensor is in contact with the API server: `Lost` on the first
+    /// failure of its list, watch or poll; `Restored` when one succeeds again (a watch
+    /// answered 200, a list or poll answered). Silence only counts while in contact.
+    LeaseContact(Contact),
+}
+
+/// See [`Observation::LeaseContact`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contact {
+    Lost,
+    Restored,
 }
 
 /// What the core wants done next.
@@ -315,6 +326,7 @@ impl Core {
                 }
             }
             Observation::OwnPod(p) => self.note_pod(p, now),
+            Observation::LeaseContact(_) => {}
             Observation::Signal => {
                 let grace = self
                     .own
