@@ -84,6 +84,13 @@ pub fn release(current: &LeaseRecord, wall: SystemTime) -> LeaseRecord {
     }
 }
 
+/// Whether `r` is a release as `release` writes it (and client-go's ReleaseOnCancel): no
+/// holder and a duration of at most one second. The Lease emptied by hand, duration
+/// kept, is not a release: its holder may not have seen it.
+pub fn is_release(r: &LeaseRecord) -> bool {
+    r.holder.is_empty() && r.duration_seconds <= 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,16 @@
 //! Label planning: which pod to patch next, and with what, so that no two pods are ever
 //! labeled leader at the API server.
 //!
-//! The order is the guarantee. A new leader first fences the previous holder's pod (an
-//! unconditional write of `false` plus an annotation, which changes its resourceVersion),
-//! then sets every other pod it knows that is not `false` to `false`, and only then
-//! claims `true` on its own pod. Every patch except the fence carries the resourceVersion
-//! the decision was based on, so a write delayed in the network fails with 409 instead of
-//! undoing a newer leader's work: the fence makes any in-flight `true` from the old holder
-//! stale.
+//! The order is the guarantee (the whole argument is in `core::safety`). A new leader
+//! first fences every other pod in the election (an unconditional write of `false` plus
+//! an annotation stamp unique to this takeover, which always changes the pod's
+//! resourceVersion; the pod labeled `true` last, so a handover has no leaderless moment),
+//! and only then claims `true` on its own pod. Every other patch carries the
+//! resourceVersion the decision was based on, so a write delayed in the network fails
+//! with 409 instead of undoing a newer leader's work: the fence makes any in-flight
+//! `true` from an earlier leader stale. A pod that is not the leader never writes `false`
+//! over its own `true` unless it is leaving: the next leader's fence does it, so an
+//! outage or a failed renewal never causes a leaderless moment by itself.
 
 use crate::kube::types::Pod;
 use serde_json::{json, Map, Value};
@@ -57,17 +60,26 @@ impl Patch {
     }
 }
 
+/// The next pod a new leader fences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub pod: String,
+    /// The annotation value: unique per takeover, so the write always changes the pod.
+    pub stamp: String,
+    /// The previous holder stopped renewing (dead or cut off): drop its participation
+    /// too, so nobody hands over to it; a live sidecar puts the label back itself.
+    pub drop_participation: bool,
+}
+
 /// This pod's standing in the election, as far as labels are concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Standing {
-    /// Holds a lease that is surely its own. `fence`: the previous holder's pod and the
-    /// annotation value to stamp on it, until done.
-    Leader {
-        fence: Option<(String, String)>,
-    },
-    /// Just handed over: keep an existing `true` until the successor fences it.
-    HandingOver,
-    Follower,
+    /// Holds a lease that is surely its own and has waited out any rival. `fence`: the
+    /// next pod to fence, until every other pod is done.
+    Leader { fence: Option<Fence> },
+    /// Not the leader. `keep_true`: leave an existing `true` for the next leader's fence
+    /// (set unless this pod is leaving).
+    NotLeader { keep_true: bool },
 }
 
 /// The next patch, or None when the labels are as they should be.
@@ -78,21 +90,21 @@ pub fn next_patch(
     standing: &Standing,
     participating: bool,
 ) -> Option<Patch> {
-    if let Standing::Leader {
-        fence: Some((pod, stamp)),
-    } = standing
-    {
+    if let Standing::Leader { fence: Some(f) } = standing {
+        let mut labels = vec![(keys.leader.clone(), Some("false".into()))];
+        if f.drop_participation {
+            labels.push((keys.participant.clone(), None));
+        }
         return Some(Patch {
-            pod: pod.clone(),
+            pod: f.pod.clone(),
             precondition: None,
-            // Its sidecar stopped renewing: dead or cut off. Drop its participation too,
-            // so nobody hands over to it; a live sidecar puts the label back itself.
-            labels: vec![
-                (keys.leader.clone(), Some("false".into())),
-                (keys.participant.clone(), None),
-            ],
-            annotations: vec![(keys.leader.clone(), stamp.clone())],
-            reason: "fence the previous leader",
+            labels,
+            annotations: vec![(keys.leader.clone(), f.stamp.clone())],
+            reason: if f.drop_participation {
+                "fence the previous leader"
+            } else {
+                "fence"
+            },
         });
     }
     if matches!(standing, Standing::Leader { .. }) {
@@ -112,7 +124,7 @@ pub fn next_patch(
     let current = own.label(&keys.leader);
     let leader_value = match standing {
         Standing::Leader { .. } => "true",
-        Standing::HandingOver if current == Some("true") => "true",
+        Standing::NotLeader { keep_true: true } if current == Some("true") => "true",
         _ => "false",
     };
     let participant_value = participating.then(|| "true".to_string());
@@ -147,6 +159,8 @@ pub fn next_patch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FOLLOWER: Standing = Standing::NotLeader { keep_true: true };
 
     fn keys() -> Keys {
         Keys {
@@ -228,7 +242,11 @@ mod tests {
             &mut own,
             &mut others,
             Standing::Leader {
-                fence: Some(("a".into(), "b:5".into())),
+                fence: Some(Fence {
+                    pod: "a".into(),
+                    stamp: "b:5".into(),
+                    drop_participation: true,
+                }),
             },
         );
         let order: Vec<_> = done.iter().map(|p| (p.pod.as_str(), p.reason)).collect();
@@ -244,6 +262,13 @@ mod tests {
         assert_eq!(
             done[0].annotations,
             [("e/is-leader".to_string(), "b:5".to_string())]
+        );
+        assert_eq!(
+            done[0].labels,
+            [
+                ("e/is-leader".to_string(), Some("false".to_string())),
+                ("e/participant".to_string(), None)
+            ]
         );
         assert_eq!(done[2].precondition.as_deref(), Some("10"));
     }
@@ -263,16 +288,13 @@ mod tests {
             None
         );
         let own = pod("a", "2", Some("false"), true);
-        assert_eq!(
-            next_patch(&keys(), &own, &others, &Standing::Follower, true),
-            None
-        );
+        assert_eq!(next_patch(&keys(), &own, &others, &FOLLOWER, true), None);
     }
 
     #[test]
     fn follower_labels_itself_at_start_in_one_patch() {
         let own = pod("a", "5", None, false);
-        let p = next_patch(&keys(), &own, &BTreeMap::new(), &Standing::Follower, true).unwrap();
+        let p = next_patch(&keys(), &own, &BTreeMap::new(), &FOLLOWER, true).unwrap();
         assert_eq!(
             p.body(),
             json!({"metadata": {"labels": {"e/is-leader": "false", "e/participant": "true"},
@@ -283,30 +305,49 @@ mod tests {
     #[test]
     fn unready_pod_drops_participation() {
         let own = pod("a", "5", Some("false"), true);
-        let p = next_patch(&keys(), &own, &BTreeMap::new(), &Standing::Follower, false).unwrap();
+        let p = next_patch(&keys(), &own, &BTreeMap::new(), &FOLLOWER, false).unwrap();
         assert_eq!(p.labels, [("e/participant".to_string(), None)]);
         assert_eq!(p.reason, "update participation");
         assert_eq!(p.body()["metadata"]["labels"]["e/participant"], Value::Null);
     }
 
     #[test]
-    fn handing_over_keeps_true_until_fenced_and_follower_steps_down() {
+    fn not_leader_keeps_true_for_the_fence_unless_leaving() {
         let own = pod("a", "5", Some("true"), false);
         assert_eq!(
-            next_patch(
-                &keys(),
-                &own,
-                &BTreeMap::new(),
-                &Standing::HandingOver,
-                false
-            ),
+            next_patch(&keys(), &own, &BTreeMap::new(), &FOLLOWER, false),
             None
         );
-        let p = next_patch(&keys(), &own, &BTreeMap::new(), &Standing::Follower, false).unwrap();
+        let leaving = Standing::NotLeader { keep_true: false };
+        let p = next_patch(&keys(), &own, &BTreeMap::new(), &leaving, false).unwrap();
         assert_eq!(p.reason, "step down");
         assert_eq!(
             p.labels,
             [("e/is-leader".to_string(), Some("false".to_string()))]
+        );
+    }
+
+    #[test]
+    fn fence_of_a_live_pod_keeps_its_participation() {
+        let own = pod("b", "1", Some("false"), true);
+        let others = cache(&[pod("c", "2", Some("false"), true)]);
+        let standing = Standing::Leader {
+            fence: Some(Fence {
+                pod: "c".into(),
+                stamp: "b:77".into(),
+                drop_participation: false,
+            }),
+        };
+        let p = next_patch(&keys(), &own, &others, &standing, true).unwrap();
+        assert_eq!((p.reason, p.precondition.as_deref()), ("fence", None));
+        assert_eq!(
+            p.labels,
+            [("e/is-leader".to_string(), Some("false".to_string()))]
+        );
+        assert_eq!(
+            p.body(),
+            json!({"metadata": {"labels": {"e/is-leader": "false"},
+                                "annotations": {"e/is-leader": "b:77"}}})
         );
     }
 

@@ -67,6 +67,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Exit::Incomplete) => ExitCode::SUCCESS,
+        // Logged by the core; the old pod is gone, so is its container.
+        Ok(Exit::Replaced) => ExitCode::from(1),
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(1)

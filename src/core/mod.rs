@@ -11,8 +11,8 @@ use crate::drain::{Cause, Drain};
 use crate::election::{self, Observed};
 use crate::kube::types::{is_older, Lease, LeaseRecord, Pod};
 use crate::kube::KubeError;
-use crate::labels::{self, Keys, Patch, Standing};
-use std::collections::BTreeMap;
+use crate::labels::{self, Fence, Keys, Patch, Standing};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The current time, both clocks: monotonic for decisions, wall for Lease timestamps.
@@ -88,6 +88,9 @@ pub enum Exit {
     Clean,
     /// The drain ran out of time before the API server answered.
     Incomplete,
+    /// This pod was deleted and recreated under the same name: the process belongs to
+    /// the old pod and leaves without touching the new one or the Lease.
+    Replaced,
 }
 
 /// The result of an action.
@@ -152,7 +155,25 @@ pub struct Leading {
     /// until this plus the renew deadline.
     pub renewed_at: Instant,
     pub renew_due: Instant,
-    pub fence: Option<(String, String)>,
+    pub fencing: Fencing,
+}
+
+/// Fencing after a takeover (see `labels`): every other pod in the election gets an
+/// unconditional `false` with a stamp unique to this takeover before we claim `true`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fencing {
+    /// Waiting for the pod list that follows the takeover: the set to fence comes from it.
+    Listing {
+        stamp: String,
+        previous: String,
+    },
+    /// These pods still get the fence.
+    Pending {
+        stamp: String,
+        previous: String,
+        pods: BTreeSet<String>,
+    },
+    Done,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +225,17 @@ pub struct Core {
     jitter: Jitter,
     forbidden_logged: bool,
     notices: Vec<Notice>,
+    /// Until then another process may still believe it leads: a holder whose claim was
+    /// ended by someone else's write (the Lease deleted, emptied or rewritten by hand)
+    /// rather than by its own release or by expiry. A new leader writes no label before.
+    rivals_until: Option<Instant>,
+    /// Since when the Lease sensor or our own Lease calls have failed; None: in contact.
+    contact_lost: Option<Instant>,
+    /// When a Lease read last succeeded: a takeover after expiry needs one made after
+    /// the expiry, so a stalled watch or an outage is never mistaken for a dead holder.
+    confirmed_at: Option<Instant>,
+    /// Our pod was deleted and recreated under the same name (another uid).
+    replaced: bool,
 }
 
 impl Core {
@@ -227,6 +259,10 @@ impl Core {
             jitter,
             forbidden_logged: false,
             notices: Vec::new(),
+            rivals_until: None,
+            contact_lost: None,
+            confirmed_at: None,
+            replaced: false,
         }
     }
 
@@ -299,6 +335,21 @@ impl Core {
             && !self.own_gone
     }
 
+    /// Whether this pod may take the lease: eligible, and already labeled, so that it is
+    /// in every other sidecar's pod cache (and fenced by the next leader) before it can
+    /// ever claim `true`.
+    fn may_compete(&self) -> bool {
+        self.eligible()
+            && self
+                .own
+                .as_ref()
+                .is_some_and(|p| p.labels.contains_key(&self.s.keys.leader))
+    }
+
+    fn leaving(&self) -> bool {
+        self.drain.is_some() || self.own_gone
+    }
+
     // ---- observations ----------------------------------------------------------------
 
     pub fn observe(&mut self, obs: Observation, now: Now) {
@@ -326,7 +377,8 @@ impl Core {
                 }
             }
             Observation::OwnPod(p) => self.note_pod(p, now),
-            Observation::LeaseContact(_) => {}
+            Observation::LeaseContact(Contact::Lost) => self.contact_lost(now.mono),
+            Observation::LeaseContact(Contact::Restored) => self.contact_restored(now.mono),
             Observation::Signal => {
                 let grace = self
                     .own
@@ -343,17 +395,28 @@ impl Core {
                 if self.is_leader() {
                     self.step_down("the Lease was deleted while we led".into());
                 }
+                if let LeaseView::Present(prev) = &self.lease {
+                    self.note_rival(&prev.clone(), None);
+                }
                 self.lease = LeaseView::Absent;
             }
             Some(l) => {
                 let prev = match &self.lease {
-                    LeaseView::Present(o) => Some(o),
+                    LeaseView::Present(o) => Some(o.clone()),
                     _ => None,
                 };
-                if prev.is_some_and(|o| is_older(&l.resource_version, &o.lease.resource_version)) {
+                if prev
+                    .as_ref()
+                    .is_some_and(|o| is_older(&l.resource_version, &o.lease.resource_version))
+                {
                     return;
                 }
-                let o = Observed::update(prev, l, now.mono);
+                if let Some(p) = &prev {
+                    if p.lease.record != l.record {
+                        self.note_rival(p, Some(&l.record));
+                    }
+                }
+                let o = Observed::update(prev.as_ref(), l, now.mono);
                 if self.is_leader() && o.holder() != self.s.me {
                     self.step_down(format!(
                         "lost leadership: the Lease now names {:?}",
@@ -378,6 +441,18 @@ impl Core {
             return;
         }
         if mine {
+            if let Some(own) = &self.own {
+                if !own.uid.is_empty() && !p.uid.is_empty() && own.uid != p.uid {
+                    if !self.replaced {
+                        log::error!(
+                            "pod {} was deleted and recreated (uid {} is now {}): this process belongs to the old pod; leaving without touching the new one",
+                            p.name, own.uid, p.uid
+                        );
+                    }
+                    self.replaced = true;
+                    return;
+                }
+            }
             if p.deleting
                 && !self
                     .drain
@@ -436,6 +511,9 @@ impl Core {
             self.pending.is_none(),
             "next_action while an action is pending"
         );
+        if self.replaced {
+            return Some(Action::Exit(Exit::Replaced));
+        }
         self.check_timers(now.mono);
         if let Some(d) = &self.drain {
             if now.mono >= d.give_up {
@@ -456,6 +534,12 @@ impl Core {
                     let kind = if record.holder.is_empty() {
                         let forced = self.drain.as_ref().is_some_and(|d| d.must_leave(now.mono))
                             || self.own_gone;
+                        // Stop acting as leader *before* the release is sent: if it is
+                        // applied and the answer lost, a successor may already lead.
+                        self.role = Role::HandingOver {
+                            since: now.mono,
+                            wait: !forced,
+                        };
                         LeaseWrite::Release { forced }
                     } else if self.is_leader() {
                         LeaseWrite::Renew
@@ -536,7 +620,10 @@ impl Core {
                 }
                 (now.mono >= l.renew_due).then(|| self.claim(o, now))
             }
-            (Role::Follower, LeaseView::Absent) if self.eligible() => Some(Action::CreateLease(
+            (Role::Follower, LeaseView::Absent) if self.contact_lost.is_some() => {
+                Some(Action::GetLease)
+            }
+            (Role::Follower, LeaseView::Absent) if self.may_compete() => Some(Action::CreateLease(
                 election::claim(None, &self.s.me, now.wall, self.s.lease_duration),
             )),
             (Role::Follower, LeaseView::Present(o)) => {
@@ -554,8 +641,32 @@ impl Core {
                         record: election::release(&o.lease.record, now.wall),
                     });
                 }
-                let resume = o.holder() == self.s.me && !must_leave;
-                (resume || (self.eligible() && o.is_free(now.mono))).then(|| self.claim(o, now))
+                if o.holder() == self.s.me {
+                    // Ours, but only a successful write makes us leader again (and then
+                    // we fence as after any takeover): after a restart, after a renewal
+                    // or takeover whose answer was lost, after an outage.
+                    return (!must_leave).then(|| self.claim(o, now));
+                }
+                if self.contact_lost.is_some() {
+                    // Probe until the API server answers; judge nothing meanwhile.
+                    return Some(Action::GetLease);
+                }
+                if !self.may_compete() {
+                    return None;
+                }
+                if o.holder().is_empty() {
+                    return Some(self.claim(o, now));
+                }
+                if now.mono < o.expires_at() {
+                    return None;
+                }
+                // Expired by our clock. Read it once more before taking it: a stalled
+                // watch or an API outage looks exactly like a dead holder.
+                if self.confirmed_at.is_some_and(|t| t >= o.expires_at()) {
+                    Some(self.claim(o, now))
+                } else {
+                    Some(Action::GetLease)
+                }
             }
             _ => None,
         }
@@ -586,12 +697,24 @@ impl Core {
                 if self.relist_due.is_none_or(|t| now >= t) {
                     return Some(Action::ListPods);
                 }
-                Standing::Leader {
-                    fence: l.fence.clone(),
+                if self.rivals_until.is_some_and(|t| now < t) {
+                    return None;
                 }
+                let fence = match &l.fencing {
+                    Fencing::Listing { .. } => return None,
+                    Fencing::Pending {
+                        stamp,
+                        previous,
+                        pods,
+                    } => self.next_fence(stamp, previous, pods),
+                    Fencing::Done => None,
+                };
+                Standing::Leader { fence }
             }
-            Role::HandingOver { .. } => Standing::HandingOver,
-            Role::Follower => Standing::Follower,
+            Role::HandingOver { .. } => Standing::NotLeader { keep_true: true },
+            Role::Follower => Standing::NotLeader {
+                keep_true: !self.leaving(),
+            },
         };
         let own = self.own.as_ref()?;
         labels::next_patch(&self.s.keys, own, &self.pods, &standing, self.eligible())
@@ -625,7 +748,9 @@ impl Core {
                 Ok(l) => {
                     self.lease_stale = false;
                     Self::recovered(&mut self.lease_failures, "Lease calls");
+                    self.contact_restored(now.mono);
                     self.observe_lease(l, now);
+                    self.confirmed_at = Some(now.mono);
                 }
                 Err(e) => self.lease_failed(&e, now.mono, "read the Lease"),
             },
@@ -642,9 +767,12 @@ impl Core {
                 Ok(pods) => {
                     self.relist_due = Some(now.mono + self.s.resync_period);
                     self.observe(Observation::PodsListed(pods), now);
+                    self.plan_fencing();
                 }
                 Err(e) => {
-                    self.relist_due = Some(now.mono + self.s.resync_period);
+                    // Fencing waits for this list: retry it after the back-off.
+                    let fencing = matches!(&self.role, Role::Leader(l) if matches!(l.fencing, Fencing::Listing { .. }));
+                    self.relist_due = (!fencing).then(|| now.mono + self.s.resync_period);
                     self.labels_failed(&e, now.mono, "list pods", "");
                 }
             },
@@ -683,6 +811,7 @@ impl Core {
             }
         };
         Self::recovered(&mut self.lease_failures, "Lease calls");
+        self.contact_restored(now.mono);
         let previous = match &self.lease {
             LeaseView::Present(o) => o.holder().to_string(),
             _ => String::new(),
@@ -695,10 +824,11 @@ impl Core {
         self.observe_lease(Some(lease), now);
         match kind {
             LeaseWrite::Acquire => {
-                let fence = (!previous.is_empty() && previous != self.s.me)
-                    .then(|| (previous.clone(), format!("{}:{transitions}", self.s.me)));
+                // The Lease's new resourceVersion makes the stamp unique to this takeover
+                // (transitions restart at 0 when the Lease is recreated).
+                let stamp = format!("{}:{}", self.s.me, self.lease_version());
                 if previous == self.s.me {
-                    log::info!("resumed leadership held by this pod before a restart");
+                    log::info!("resumed leadership: the Lease still named this pod");
                 } else if previous.is_empty() {
                     log::info!("became leader (lease transition {transitions})");
                 } else {
@@ -714,7 +844,7 @@ impl Core {
                     since: now.mono,
                     renewed_at: sent,
                     renew_due: sent + self.s.retry_period,
-                    fence,
+                    fencing: Fencing::Listing { stamp, previous },
                 });
                 self.relist_due = Some(now.mono);
             }
@@ -738,8 +868,18 @@ impl Core {
         }
     }
 
+    fn lease_version(&self) -> &str {
+        match &self.lease {
+            LeaseView::Present(o) => &o.lease.resource_version,
+            _ => "",
+        }
+    }
+
     fn lease_failed(&mut self, e: &KubeError, now: Instant, what: &str) {
         self.lease_failures += 1;
+        if e.is_transient() {
+            self.contact_lost(now);
+        }
         self.log_failure(e, self.lease_failures, what, "");
         // The leader keeps trying every retry period until its renew deadline; others
         // retry with jitter, as client-go's candidates do.
@@ -761,10 +901,8 @@ impl Core {
         match result {
             Ok(pod) => {
                 Self::recovered(&mut self.label_failures, "pod calls");
-                if let Role::Leader(l) = &mut self.role {
-                    if l.fence.as_ref().is_some_and(|(p, _)| p == &patch.pod) {
-                        l.fence = None;
-                    }
+                if patch.precondition.is_none() {
+                    self.fenced(&patch.pod);
                 }
                 log::info!(
                     "{}: {} {}",
@@ -784,11 +922,7 @@ impl Core {
                 self.stale_pods.push(patch.pod);
             }
             Err(KubeError::NotFound(_)) => {
-                if let Role::Leader(l) = &mut self.role {
-                    if l.fence.as_ref().is_some_and(|(p, _)| p == &patch.pod) {
-                        l.fence = None;
-                    }
-                }
+                self.fenced(&patch.pod);
                 self.pod_not_found(&patch.pod);
             }
             Err(e) => self.labels_failed(&e, now.mono, "patch pod", &patch.pod),
@@ -852,11 +986,12 @@ impl Core {
                 times.push(l.renew_due);
                 times.push(l.renewed_at + self.s.renew_deadline);
                 times.extend(self.relist_due);
+                times.extend(self.rivals_until);
             }
             Role::HandingOver { since, .. } => times.push(*since + self.s.lease_duration),
             Role::Follower => {
                 if let LeaseView::Present(o) = &self.lease {
-                    if !o.holder().is_empty() {
+                    if !o.holder().is_empty() && self.contact_lost.is_none() {
                         times.push(o.expires_at());
                     }
                 }
@@ -866,734 +1001,11 @@ impl Core {
     }
 }
 
+mod outage;
+mod safety;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
+mod world;
 
-    const ME: &str = "pod-b";
-
-    fn settings() -> Settings {
-        Settings {
-            me: ME.into(),
-            keys: Keys {
-                leader: "e/is-leader".into(),
-                participant: "e/participant".into(),
-            },
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
-            resync_period: Duration::from_secs(5),
-        }
-    }
-
-    /// A test clock and a core, plus a fake API server's view of the world so actions can
-    /// be carried out the way the real one would.
-    struct World {
-        core: Core,
-        t0: Instant,
-        now: Now,
-        lease: Option<Lease>,
-        pods: BTreeMap<String, Pod>,
-        rv: u64,
-        /// Every write the core made, in order.
-        writes: Vec<String>,
-        /// Make the next N calls fail with this error.
-        fail: Option<(u32, KubeError)>,
-    }
-
-    impl World {
-        fn new() -> World {
-            let t0 = Instant::now();
-            let mut w = World {
-                core: Core::new(settings(), Jitter::new(7)),
-                t0,
-                now: Now {
-                    mono: t0,
-                    wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_323_045),
-                },
-                lease: None,
-                pods: BTreeMap::new(),
-                rv: 100,
-                writes: vec![],
-                fail: None,
-            };
-            w.add_pod(ME, true, &[]);
-            w
-        }
-
-        fn next_rv(&mut self) -> String {
-            self.rv += 1;
-            self.rv.to_string()
-        }
-
-        fn add_pod(&mut self, name: &str, ready: bool, labels: &[(&str, &str)]) {
-            let rv = self.next_rv();
-            let p = Pod {
-                name: name.into(),
-                resource_version: rv,
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                ready,
-                termination_grace_seconds: 30,
-                ..Default::default()
-            };
-            self.pods.insert(name.into(), p);
-        }
-
-        fn at(&mut self, ms: u64) {
-            let target = self.t0 + Duration::from_millis(ms);
-            let delta = target - self.now.mono;
-            self.now.mono = target;
-            self.now.wall += delta;
-        }
-
-        fn feed(&mut self, obs: Observation) {
-            self.core.observe(obs, self.now);
-        }
-
-        /// Start-up observations: own pod read, lease listed, labeled pods listed.
-        fn boot(&mut self) {
-            let own = self.pods[ME].clone();
-            self.feed(Observation::OwnPod(own));
-            self.feed(Observation::Lease(self.lease.clone()));
-            let labeled = self.labeled();
-            self.feed(Observation::PodsListed(labeled));
-        }
-
-        /// Booted alone: it created the lease and leads.
-        fn leading() -> World {
-            let mut w = World::new();
-            w.boot();
-            w.run();
-            w
-        }
-
-        /// Booted as a follower of `leader`, a ready participant labeled leader.
-        fn following(leader: &str, transitions: i64) -> World {
-            let mut w = World::new();
-            w.add_pod(
-                leader,
-                true,
-                &[("e/is-leader", "true"), ("e/participant", "true")],
-            );
-            w.set_lease(leader, transitions);
-            w.boot();
-            w.run();
-            w
-        }
-
-        fn labeled(&self) -> Vec<Pod> {
-            self.pods
-                .values()
-                .filter(|p| p.labels.contains_key("e/is-leader"))
-                .cloned()
-                .collect()
-        }
-
-        /// Runs actions until the core waits; returns them. Watch events for each write
-        /// are delivered right after it, as the sensors would.
-        fn run(&mut self) -> Vec<Action> {
-            let mut done = vec![];
-            while let Some(a) = self.core.next_action(self.now) {
-                assert!(done.len() < 50, "runaway actions: {done:?}");
-                done.push(a.clone());
-                if let Action::Exit(_) = a {
-                    break;
-                }
-                let outcome = self.execute(&a);
-                self.core.complete(outcome, self.now);
-                self.check_one_leader();
-            }
-            done
-        }
-
-        fn fail_next(&mut self, n: u32, e: KubeError) {
-            self.fail = Some((n, e));
-        }
-
-        fn take_failure(&mut self) -> Option<KubeError> {
-            match &mut self.fail {
-                Some((n, e)) if *n > 0 => {
-                    *n -= 1;
-                    Some(e.clone())
-                }
-                _ => None,
-            }
-        }
-
-        fn execute(&mut self, a: &Action) -> Outcome {
-            let failure = self.take_failure();
-            match a {
-                Action::CreateLease(record) | Action::UpdateLease { record, .. } => {
-                    if let Some(e) = failure {
-                        return Outcome::Lease(Err(e));
-                    }
-                    if let Action::UpdateLease { base, .. } = a {
-                        match &self.lease {
-                            Some(cur) if cur.resource_version == base.resource_version => {}
-                            Some(_) => {
-                                return Outcome::Lease(Err(KubeError::Conflict("stale".into())))
-                            }
-                            None => return Outcome::Lease(Err(KubeError::NotFound("gone".into()))),
-                        }
-                    } else if self.lease.is_some() {
-                        return Outcome::Lease(Err(KubeError::Conflict("exists".into())));
-                    }
-                    self.writes
-                        .push(format!("lease holder={:?}", record.holder));
-                    let rv = self.next_rv();
-                    let l = Lease {
-                        resource_version: rv.clone(),
-                        metadata: json!({"name": "e", "resourceVersion": rv}),
-                        record: record.clone(),
-                    };
-                    self.lease = Some(l.clone());
-                    Outcome::Lease(Ok(Some(l)))
-                }
-                Action::GetLease => match failure {
-                    Some(e) => Outcome::Lease(Err(e)),
-                    None => Outcome::Lease(Ok(self.lease.clone())),
-                },
-                Action::Patch(p) => {
-                    if let Some(e) = failure {
-                        return Outcome::Pod(Err(e));
-                    }
-                    let Some(cur) = self.pods.get(&p.pod).cloned() else {
-                        return Outcome::Pod(Err(KubeError::NotFound(p.pod.clone())));
-                    };
-                    if p.precondition
-                        .as_ref()
-                        .is_some_and(|rv| rv != &cur.resource_version)
-                    {
-                        return Outcome::Pod(Err(KubeError::Conflict("modified".into())));
-                    }
-                    let mut new = cur;
-                    for (k, v) in &p.labels {
-                        match v {
-                            Some(v) => new.labels.insert(k.clone(), v.clone()),
-                            None => new.labels.remove(k),
-                        };
-                    }
-                    new.resource_version = self.next_rv();
-                    self.writes.push(format!(
-                        "{} {}",
-                        p.pod,
-                        p.labels
-                            .iter()
-                            .map(|(k, v)| format!(
-                                "{}={}",
-                                k.trim_start_matches("e/"),
-                                v.as_deref().unwrap_or("-")
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ));
-                    self.pods.insert(p.pod.clone(), new.clone());
-                    Outcome::Pod(Ok(new))
-                }
-                Action::GetPod(name) => match (failure, self.pods.get(name)) {
-                    (Some(e), _) => Outcome::Pod(Err(e)),
-                    (None, Some(p)) => Outcome::Pod(Ok(p.clone())),
-                    (None, None) => Outcome::Pod(Err(KubeError::NotFound(name.clone()))),
-                },
-                Action::ListPods => match failure {
-                    Some(e) => Outcome::Pods(Err(e)),
-                    None => Outcome::Pods(Ok(self.labeled())),
-                },
-                Action::Exit(_) => unreachable!(),
-            }
-        }
-
-        fn check_one_leader(&self) {
-            let leaders: Vec<_> = self
-                .pods
-                .values()
-                .filter(|p| p.label("e/is-leader") == Some("true"))
-                .map(|p| p.name.clone())
-                .collect();
-            assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
-        }
-
-        fn label(&self, pod: &str, key: &str) -> Option<String> {
-            self.pods[pod].labels.get(&format!("e/{key}")).cloned()
-        }
-
-        fn set_lease(&mut self, holder: &str, transitions: i64) {
-            let rv = self.next_rv();
-            self.lease = Some(Lease {
-                resource_version: rv.clone(),
-                metadata: json!({"name": "e", "resourceVersion": rv}),
-                record: LeaseRecord {
-                    holder: holder.into(),
-                    duration_seconds: 15,
-                    acquire_time: Some("t0".into()),
-                    renew_time: Some(format!("t{rv}")),
-                    transitions,
-                },
-            });
-            self.feed(Observation::Lease(self.lease.clone()));
-        }
-
-        fn update_pod(&mut self, name: &str, f: impl FnOnce(&mut Pod)) {
-            let mut p = self.pods[name].clone();
-            f(&mut p);
-            p.resource_version = self.next_rv();
-            self.pods.insert(name.into(), p.clone());
-            self.feed(Observation::PodChanged(p));
-        }
-    }
-
-    #[test]
-    fn waits_for_both_sensors_before_acting() {
-        let mut w = World::new();
-        assert_eq!(w.core.next_action(w.now), None);
-        let own = w.pods[ME].clone();
-        w.feed(Observation::OwnPod(own));
-        assert_eq!(w.core.next_action(w.now), None, "lease still unknown");
-    }
-
-    #[test]
-    fn first_pod_creates_the_lease_and_labels_itself_leader() {
-        let mut w = World::new();
-        w.boot();
-        let actions = w.run();
-        assert!(matches!(actions[0], Action::CreateLease(_)));
-        assert!(w.core.is_leader());
-        assert_eq!(w.lease.as_ref().unwrap().record.transitions, 0);
-        assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
-        assert_eq!(w.label(ME, "participant").as_deref(), Some("true"));
-        // One patch sets both labels.
-        assert_eq!(
-            w.writes,
-            [
-                "lease holder=\"pod-b\"",
-                "pod-b is-leader=true,participant=true"
-            ]
-        );
-    }
-
-    #[test]
-    fn follower_labels_itself_false_and_waits_a_full_lease_duration() {
-        let mut w = World::following("pod-a", 3);
-        assert!(!w.core.is_leader());
-        assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
-        assert_eq!(w.label(ME, "participant").as_deref(), Some("true"));
-        // No renewal seen: the lease expires 15 s after we first saw it, not before.
-        assert_eq!(
-            w.core.next_wakeup(w.now.mono),
-            Some(w.t0 + Duration::from_secs(15))
-        );
-        w.at(14_999);
-        assert!(w.run().is_empty());
-        w.at(15_000);
-        w.run();
-        assert!(w.core.is_leader());
-        let lease = w.lease.clone().unwrap();
-        assert_eq!(lease.record.holder, ME);
-        assert_eq!(lease.record.transitions, 4);
-        // Fence first (unconditional false + annotation), then claim.
-        assert_eq!(
-            &w.writes[1..],
-            [
-                "lease holder=\"pod-b\"",
-                "pod-a is-leader=false,participant=-",
-                "pod-b is-leader=true"
-            ]
-        );
-        assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("false"));
-    }
-
-    #[test]
-    fn renewals_seen_keep_the_follower_waiting() {
-        let mut w = World::following("pod-a", 0);
-        for s in 1..20 {
-            w.at(s * 2000);
-            w.set_lease("pod-a", 0);
-            assert!(w.run().is_empty());
-        }
-        assert!(!w.core.is_leader());
-    }
-
-    #[test]
-    fn released_lease_is_taken_at_once() {
-        let mut w = World::following("pod-a", 2);
-        w.at(500);
-        w.set_lease("", 2);
-        let actions = w.run();
-        assert!(matches!(actions[0], Action::UpdateLease { .. }));
-        assert!(w.core.is_leader());
-        // No fence needed after a release, but the old leader's true is set false first.
-        assert_eq!(
-            &w.writes[1..],
-            [
-                "lease holder=\"pod-b\"",
-                "pod-a is-leader=false",
-                "pod-b is-leader=true"
-            ]
-        );
-    }
-
-    #[test]
-    fn leader_renews_every_retry_period_and_steps_down_at_the_renew_deadline() {
-        let mut w = World::leading();
-        w.writes.clear();
-        w.at(2000);
-        w.run();
-        assert_eq!(w.writes, ["lease holder=\"pod-b\""]);
-        // The API server goes away: renewals fail from t=4s on.
-        w.fail_next(1000, KubeError::Transport("refused".into()));
-        for ms in (4000..12_000).step_by(250) {
-            w.at(ms);
-            w.run();
-            assert!(
-                w.core.is_leader(),
-                "still within the renew deadline at {ms}"
-            );
-        }
-        w.at(12_000); // last successful renewal was sent at 2s, deadline 10s
-        let actions = w.run();
-        assert!(!w.core.is_leader());
-        // It tries to label itself false, and never claims true without a fresh lease.
-        assert!(actions.iter().any(
-            |a| matches!(a, Action::Patch(p) if p.labels == [("e/is-leader".to_string(), Some("false".to_string()))])
-        ));
-        // Once the server is back and another pod holds the lease, the label lands.
-        w.fail = None;
-        w.set_lease("pod-a", 1);
-        w.writes.clear();
-        w.at(20_000);
-        w.run();
-        assert_eq!(w.writes, ["pod-b is-leader=false"]);
-    }
-
-    #[test]
-    fn leader_that_sees_another_holder_steps_down_at_once() {
-        let mut w = World::leading();
-        w.add_pod("pod-a", true, &[("e/is-leader", "false")]);
-        w.at(1000);
-        w.set_lease("pod-a", 1);
-        assert!(!w.core.is_leader());
-        w.writes.clear();
-        w.run();
-        assert_eq!(w.writes, ["pod-b is-leader=false"]);
-    }
-
-    #[test]
-    fn conflicts_are_re_read_not_retried_blindly() {
-        let mut w = World::new();
-        w.add_pod("pod-a", true, &[("e/is-leader", "true")]);
-        w.set_lease("", 0);
-        w.boot();
-        // Someone else takes the lease between our read and our write.
-        let a = w.core.next_action(w.now).unwrap();
-        assert!(matches!(a, Action::UpdateLease { .. }));
-        w.set_lease_silently("pod-a", 1);
-        let outcome = w.execute(&a);
-        w.core.complete(outcome, w.now);
-        assert_eq!(w.core.next_action(w.now), Some(Action::GetLease));
-        let outcome = w.execute(&Action::GetLease);
-        w.core.complete(outcome, w.now);
-        w.run();
-        assert!(!w.core.is_leader());
-        assert_eq!(w.core.lease_holder(), "pod-a");
-    }
-
-    impl World {
-        fn set_lease_silently(&mut self, holder: &str, transitions: i64) {
-            let rv = self.next_rv();
-            self.lease = Some(Lease {
-                resource_version: rv.clone(),
-                metadata: json!({"name": "e", "resourceVersion": rv}),
-                record: LeaseRecord {
-                    holder: holder.into(),
-                    duration_seconds: 15,
-                    transitions,
-                    ..Default::default()
-                },
-            });
-        }
-    }
-
-    #[test]
-    fn ten_candidates_create_conflict_quietly() {
-        // Our create loses to another pod's: 409 AlreadyExists, re-read, follow.
-        let mut w = World::new();
-        w.boot();
-        let a = w.core.next_action(w.now).unwrap();
-        assert!(matches!(a, Action::CreateLease(_)));
-        w.set_lease_silently("pod-x", 0);
-        let outcome = w.execute(&a);
-        w.core.complete(outcome, w.now);
-        w.run();
-        assert!(!w.core.is_leader());
-        assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
-    }
-
-    #[test]
-    fn unready_pod_neither_participates_nor_competes() {
-        let mut w = World::new();
-        w.update_pod(ME, |p| p.ready = false);
-        w.boot();
-        let actions = w.run();
-        assert!(actions.iter().all(|a| !matches!(a, Action::CreateLease(_))));
-        assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
-        assert_eq!(w.label(ME, "participant"), None);
-        // Ready again: joins and leads.
-        w.update_pod(ME, |p| p.ready = true);
-        w.run();
-        assert!(w.core.is_leader());
-    }
-
-    /// Leader pod-b with a ready follower pod-a.
-    fn leader_with_follower() -> World {
-        let mut w = World::leading();
-        w.add_pod(
-            "pod-a",
-            true,
-            &[("e/is-leader", "false"), ("e/participant", "true")],
-        );
-        let a = w.pods["pod-a"].clone();
-        w.feed(Observation::PodChanged(a));
-        w.run();
-        assert!(w.core.is_leader());
-        w.writes.clear();
-        w
-    }
-
-    #[test]
-    fn unready_leader_hands_over_to_a_ready_participant() {
-        let mut w = leader_with_follower();
-        w.at(300);
-        w.update_pod(ME, |p| p.ready = false);
-        w.run();
-        assert_eq!(w.writes, ["pod-b participant=-", "lease holder=\"\""]);
-        assert_eq!(
-            w.core.role(),
-            &Role::HandingOver {
-                since: w.now.mono,
-                wait: true
-            }
-        );
-        // Our true stays until the successor fences it (no leaderless moment).
-        assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
-        // The successor's patch arrives: handover done, we are a follower.
-        w.update_pod(ME, |p| {
-            p.labels.insert("e/is-leader".into(), "false".into());
-        });
-        w.run();
-        assert_eq!(w.core.role(), &Role::Follower);
-        // Ready again: rejoins as a participant, not as leader.
-        w.set_lease("pod-a", 1);
-        w.update_pod(ME, |p| p.ready = true);
-        w.writes.clear();
-        w.run();
-        assert_eq!(w.writes, ["pod-b participant=true"]);
-    }
-
-    #[test]
-    fn unready_leader_without_successor_keeps_leading() {
-        let mut w = World::leading();
-        w.update_pod(ME, |p| p.ready = false);
-        w.run();
-        assert!(w.core.is_leader());
-        assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
-        assert_eq!(w.label(ME, "participant"), None);
-    }
-
-    #[test]
-    fn follower_sigterm_leaves_at_once() {
-        let mut w = World::following("pod-a", 0);
-        w.writes.clear();
-        w.feed(Observation::Signal);
-        let actions = w.run();
-        assert_eq!(w.writes, ["pod-b participant=-"]);
-        assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
-    }
-
-    #[test]
-    fn leader_sigterm_hands_over_then_exits_when_fenced() {
-        let mut w = leader_with_follower();
-        w.feed(Observation::Signal);
-        let actions = w.run();
-        assert_eq!(w.writes, ["pod-b participant=-", "lease holder=\"\""]);
-        assert!(
-            !actions.contains(&Action::Exit(Exit::Clean)),
-            "waits for the successor"
-        );
-        w.at(40);
-        w.update_pod(ME, |p| {
-            p.labels.insert("e/is-leader".into(), "false".into());
-        });
-        assert_eq!(w.run(), [Action::Exit(Exit::Clean)]);
-    }
-
-    #[test]
-    fn leader_sigterm_without_successor_leads_until_the_deadline() {
-        let mut w = World::leading();
-        w.writes.clear();
-        w.feed(Observation::Signal);
-        w.run();
-        assert_eq!(w.writes, ["pod-b participant=-"]);
-        // Keeps renewing through the drain (grace 30 s, margin 3 s).
-        for s in 1..=13 {
-            w.at(s * 2000);
-            w.run();
-            assert!(w.core.is_leader());
-        }
-        assert_eq!(
-            w.core.next_wakeup(w.now.mono),
-            Some(w.t0 + Duration::from_secs(27))
-        );
-        w.at(27_000);
-        w.writes.clear();
-        let actions = w.run();
-        assert_eq!(w.writes, ["lease holder=\"\"", "pod-b is-leader=false"]);
-        assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
-    }
-
-    #[test]
-    fn second_signal_releases_now() {
-        let mut w = World::leading();
-        w.feed(Observation::Signal);
-        w.run();
-        w.at(100);
-        w.writes.clear();
-        w.feed(Observation::Signal);
-        let actions = w.run();
-        assert_eq!(w.writes, ["lease holder=\"\"", "pod-b is-leader=false"]);
-        assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
-    }
-
-    #[test]
-    fn deletion_starts_the_drain_without_a_signal() {
-        let mut w = leader_with_follower();
-        w.update_pod(ME, |p| {
-            p.deleting = true;
-            p.deletion_grace_seconds = Some(10);
-        });
-        assert!(w.core.draining());
-        w.run();
-        assert_eq!(w.writes, ["pod-b participant=-", "lease holder=\"\""]);
-        // The SIGTERM that follows is the first signal, not an urgent second one.
-        w.feed(Observation::Signal);
-        w.writes.clear();
-        w.run();
-        assert!(w.writes.is_empty());
-    }
-
-    #[test]
-    fn drain_gives_up_when_the_server_never_answers() {
-        let mut w = World::leading();
-        w.fail_next(10_000, KubeError::Transport("down".into()));
-        w.feed(Observation::Signal);
-        let mut exit = None;
-        for ms in (0..40_000).step_by(100) {
-            w.at(ms);
-            if let Some(Action::Exit(e)) = w.run().last() {
-                exit = Some((ms, *e));
-                break;
-            }
-        }
-        let (ms, e) = exit.expect("must exit");
-        assert_eq!(e, Exit::Incomplete);
-        assert!((27_000..30_000).contains(&ms), "exited at {ms} ms");
-    }
-
-    #[test]
-    fn restarted_sidecar_resumes_its_own_lease() {
-        let mut w = World::new();
-        w.update_pod(ME, |p| {
-            p.labels.insert("e/is-leader".into(), "true".into());
-            p.labels.insert("e/participant".into(), "true".into());
-        });
-        w.set_lease(ME, 2);
-        w.boot();
-        w.run();
-        assert!(w.core.is_leader());
-        // It never labeled itself false in between.
-        assert_eq!(w.writes, ["lease holder=\"pod-b\""]);
-        assert_eq!(w.lease.as_ref().unwrap().record.transitions, 2);
-    }
-
-    #[test]
-    fn restarted_unready_pod_releases_its_lease_to_a_ready_participant() {
-        let mut w = World::new();
-        w.update_pod(ME, |p| p.ready = false);
-        w.add_pod(
-            "pod-a",
-            true,
-            &[("e/is-leader", "false"), ("e/participant", "true")],
-        );
-        w.set_lease(ME, 2);
-        w.boot();
-        w.run();
-        assert!(!w.core.is_leader());
-        let lease = w.lease.clone().unwrap();
-        assert_eq!(lease.record.holder, "", "released, not resumed");
-        assert_eq!(lease.record.transitions, 2);
-        assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
-        // Without a ready participant it resumes, as any restart does.
-        let mut w = World::new();
-        w.update_pod(ME, |p| p.ready = false);
-        w.set_lease(ME, 2);
-        w.boot();
-        w.run();
-        assert!(w.core.is_leader());
-    }
-
-    #[test]
-    fn leader_corrects_stale_labels_on_resync() {
-        let mut w = leader_with_follower();
-        // Someone mislabels a follower by hand; the watch event is missed.
-        let mut a = w.pods["pod-a"].clone();
-        a.labels.insert("e/is-leader".into(), "yes".into());
-        a.resource_version = w.next_rv();
-        w.pods.insert("pod-a".into(), a);
-        w.at(5000);
-        let actions = w.run();
-        assert!(actions.contains(&Action::ListPods));
-        assert!(w.writes.contains(&"pod-a is-leader=false".to_string()));
-    }
-
-    #[test]
-    fn label_conflict_re_reads_the_pod() {
-        let mut w = leader_with_follower();
-        // The follower's pod changes; our cache is stale.
-        let mut a = w.pods["pod-a"].clone();
-        a.labels.insert("e/is-leader".into(), "bogus".into());
-        a.resource_version = w.next_rv();
-        let cached = a.clone();
-        w.feed(Observation::PodChanged(cached));
-        a.resource_version = w.next_rv();
-        w.pods.insert("pod-a".into(), a);
-        let actions = w.run();
-        assert!(actions.contains(&Action::GetPod("pod-a".into())));
-        assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("false"));
-    }
-
-    #[test]
-    fn forbidden_patch_backs_off() {
-        let mut w = World::new();
-        w.add_pod("pod-a", true, &[("e/is-leader", "true")]);
-        w.set_lease("pod-a", 0);
-        w.boot();
-        w.fail_next(1, KubeError::Forbidden("pods is forbidden".into()));
-        let actions = w.run();
-        assert_eq!(actions.len(), 1);
-        assert!(w.core.next_wakeup(w.now.mono).is_some());
-    }
-
-    #[test]
-    fn own_pod_gone_means_leave() {
-        let mut w = leader_with_follower();
-        w.pods.remove(ME);
-        let own = w.core.own.clone().unwrap();
-        w.feed(Observation::PodGone(own));
-        let actions = w.run();
-        assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
-        assert_eq!(w.lease.as_ref().unwrap().record.holder, "");
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,767 @@
+//! The core's unit tests, driven through the in-memory API server of `world`.
+
+use super::world::*;
+use super::*;
+
+#[test]
+fn waits_for_both_sensors_before_acting() {
+    let mut w = World::new();
+    assert_eq!(w.core.next_action(w.now), None);
+    let own = w.pods[ME].clone();
+    w.feed(Observation::OwnPod(own));
+    assert_eq!(w.core.next_action(w.now), None, "lease still unknown");
+}
+
+#[test]
+fn first_pod_creates_the_lease_and_labels_itself_leader() {
+    let mut w = World::new();
+    w.boot();
+    let actions = w.run();
+    assert!(matches!(actions[1], Action::CreateLease(_)));
+    assert!(w.core.is_leader());
+    assert_eq!(w.lease.as_ref().unwrap().record.transitions, 0);
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert_eq!(w.label(ME, "participant").as_deref(), Some("true"));
+    // It labels itself before it competes, so every other sidecar knows (and fences)
+    // its pod before it can ever claim true.
+    assert_eq!(
+        w.writes,
+        [
+            "pod-b is-leader=false,participant=true",
+            "lease holder=\"pod-b\"",
+            "pod-b is-leader=true"
+        ]
+    );
+}
+
+#[test]
+fn follower_labels_itself_false_and_waits_a_full_lease_duration() {
+    let mut w = World::following("pod-a", 3);
+    assert!(!w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
+    assert_eq!(w.label(ME, "participant").as_deref(), Some("true"));
+    // No renewal seen: the lease expires 15 s after we first saw it, not before.
+    assert_eq!(
+        w.core.next_wakeup(w.now.mono),
+        Some(w.t0 + Duration::from_secs(15))
+    );
+    w.at(14_999);
+    assert!(w.run().is_empty());
+    w.at(15_000);
+    w.run();
+    assert!(w.core.is_leader());
+    let lease = w.lease.clone().unwrap();
+    assert_eq!(lease.record.holder, ME);
+    assert_eq!(lease.record.transitions, 4);
+    // Fence first (unconditional false + annotation), then claim.
+    assert_eq!(
+        &w.writes[1..],
+        [
+            "lease holder=\"pod-b\"",
+            "pod-a is-leader=false,participant=-",
+            "pod-b is-leader=true"
+        ]
+    );
+    assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("false"));
+}
+
+#[test]
+fn renewals_seen_keep_the_follower_waiting() {
+    let mut w = World::following("pod-a", 0);
+    for s in 1..20 {
+        w.at(s * 2000);
+        w.set_lease("pod-a", 0);
+        assert!(w.run().is_empty());
+    }
+    assert!(!w.core.is_leader());
+}
+
+#[test]
+fn released_lease_is_taken_at_once() {
+    let mut w = World::following("pod-a", 2);
+    w.at(500);
+    w.release_lease(2);
+    let actions = w.run();
+    assert!(matches!(actions[0], Action::UpdateLease { .. }));
+    assert!(w.core.is_leader());
+    // The old leader keeps its participation (it released, it is alive); its true is
+    // fenced just before ours, so the Service always has exactly one pod.
+    assert_eq!(
+        &w.writes[1..],
+        [
+            "lease holder=\"pod-b\"",
+            "pod-a is-leader=false",
+            "pod-b is-leader=true"
+        ]
+    );
+}
+
+#[test]
+fn leader_renews_every_retry_period_and_steps_down_at_the_renew_deadline() {
+    let mut w = World::leading();
+    w.writes.clear();
+    w.at(2000);
+    w.run();
+    assert_eq!(w.writes, ["lease holder=\"pod-b\""]);
+    // The API server goes away: renewals fail from t=4s on.
+    w.fail_next(1000, KubeError::Transport("refused".into()));
+    for ms in (4000..12_000).step_by(250) {
+        w.at(ms);
+        w.run();
+        assert!(
+            w.core.is_leader(),
+            "still within the renew deadline at {ms}"
+        );
+    }
+    w.at(12_000); // last successful renewal was sent at 2s, deadline 10s
+    let actions = w.run();
+    assert!(!w.core.is_leader());
+    // It stops acting as leader but leaves its true for the next leader's fence: an
+    // outage alone never empties the Service.
+    assert!(actions.iter().all(|a| !matches!(a, Action::Patch(_))));
+    // Once the server is back and another pod holds the lease, that pod fences us.
+    w.fail = None;
+    w.add_pod("pod-a", true, &[("e/is-leader", "false")]);
+    w.set_lease("pod-a", 1);
+    w.writes.clear();
+    w.at(20_000);
+    w.run();
+    assert!(w.writes.is_empty(), "{:?}", w.writes);
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+}
+
+#[test]
+fn leader_that_sees_another_holder_steps_down_at_once() {
+    let mut w = World::leading();
+    w.add_pod("pod-a", true, &[("e/is-leader", "false")]);
+    w.at(1000);
+    w.set_lease("pod-a", 1);
+    assert!(!w.core.is_leader());
+    w.writes.clear();
+    w.run();
+    // pod-a's fence turns our true to false; we write nothing.
+    assert!(w.writes.is_empty(), "{:?}", w.writes);
+}
+
+#[test]
+fn conflicts_are_re_read_not_retried_blindly() {
+    let mut w = World::new();
+    w.label_me("false");
+    w.add_pod("pod-a", true, &[("e/is-leader", "true")]);
+    w.release_lease(0);
+    w.boot();
+    // Someone else takes the lease between our read and our write.
+    let a = w.core.next_action(w.now).unwrap();
+    assert!(matches!(a, Action::UpdateLease { .. }));
+    w.set_lease_silently("pod-a", 1);
+    let outcome = w.execute(&a);
+    w.core.complete(outcome, w.now);
+    assert_eq!(w.core.next_action(w.now), Some(Action::GetLease));
+    let outcome = w.execute(&Action::GetLease);
+    w.core.complete(outcome, w.now);
+    w.run();
+    assert!(!w.core.is_leader());
+    assert_eq!(w.core.lease_holder(), "pod-a");
+}
+
+#[test]
+fn ten_candidates_create_conflict_quietly() {
+    // Our create loses to another pod's: 409 AlreadyExists, re-read, follow.
+    let mut w = World::new();
+    w.label_me("false");
+    w.boot();
+    let a = w.core.next_action(w.now).unwrap();
+    assert!(matches!(a, Action::CreateLease(_)));
+    w.set_lease_silently("pod-x", 0);
+    let outcome = w.execute(&a);
+    w.core.complete(outcome, w.now);
+    w.run();
+    assert!(!w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
+}
+
+#[test]
+fn unready_pod_neither_participates_nor_competes() {
+    let mut w = World::new();
+    w.update_pod(ME, |p| p.ready = false);
+    w.boot();
+    let actions = w.run();
+    assert!(actions.iter().all(|a| !matches!(a, Action::CreateLease(_))));
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
+    assert_eq!(w.label(ME, "participant"), None);
+    // Ready again: joins and leads.
+    w.update_pod(ME, |p| p.ready = true);
+    w.run();
+    assert!(w.core.is_leader());
+}
+
+/// Leader pod-b with a ready follower pod-a.
+fn leader_with_follower() -> World {
+    let mut w = World::leading();
+    w.add_pod(
+        "pod-a",
+        true,
+        &[("e/is-leader", "false"), ("e/participant", "true")],
+    );
+    let a = w.pods["pod-a"].clone();
+    w.feed(Observation::PodChanged(a));
+    w.run();
+    assert!(w.core.is_leader());
+    w.writes.clear();
+    w
+}
+
+#[test]
+fn unready_leader_hands_over_to_a_ready_participant() {
+    let mut w = leader_with_follower();
+    w.at(300);
+    w.update_pod(ME, |p| p.ready = false);
+    w.run();
+    assert_eq!(w.writes, ["pod-b participant=-", "lease holder=\"\""]);
+    assert_eq!(
+        w.core.role(),
+        &Role::HandingOver {
+            since: w.now.mono,
+            wait: true
+        }
+    );
+    // Our true stays until the successor fences it (no leaderless moment).
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    // The successor's patch arrives: handover done, we are a follower.
+    w.update_pod(ME, |p| {
+        p.labels.insert("e/is-leader".into(), "false".into());
+    });
+    w.run();
+    assert_eq!(w.core.role(), &Role::Follower);
+    // Ready again: rejoins as a participant, not as leader.
+    w.set_lease("pod-a", 1);
+    w.update_pod(ME, |p| p.ready = true);
+    w.writes.clear();
+    w.run();
+    assert_eq!(w.writes, ["pod-b participant=true"]);
+}
+
+#[test]
+fn unready_leader_without_successor_keeps_leading() {
+    let mut w = World::leading();
+    w.update_pod(ME, |p| p.ready = false);
+    w.run();
+    assert!(w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert_eq!(w.label(ME, "participant"), None);
+}
+
+#[test]
+fn follower_sigterm_leaves_at_once() {
+    let mut w = World::following("pod-a", 0);
+    w.writes.clear();
+    w.feed(Observation::Signal);
+    let actions = w.run();
+    assert_eq!(w.writes, ["pod-b participant=-"]);
+    assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
+}
+
+#[test]
+fn leader_sigterm_hands_over_then_exits_when_fenced() {
+    let mut w = leader_with_follower();
+    w.feed(Observation::Signal);
+    let actions = w.run();
+    assert_eq!(w.writes, ["pod-b participant=-", "lease holder=\"\""]);
+    assert!(
+        !actions.contains(&Action::Exit(Exit::Clean)),
+        "waits for the successor"
+    );
+    w.at(40);
+    w.update_pod(ME, |p| {
+        p.labels.insert("e/is-leader".into(), "false".into());
+    });
+    assert_eq!(w.run(), [Action::Exit(Exit::Clean)]);
+}
+
+#[test]
+fn leader_sigterm_without_successor_leads_until_the_deadline() {
+    let mut w = World::leading();
+    w.writes.clear();
+    w.feed(Observation::Signal);
+    w.run();
+    assert_eq!(w.writes, ["pod-b participant=-"]);
+    // Keeps renewing through the drain (grace 30 s, margin 3 s).
+    for s in 1..=13 {
+        w.at(s * 2000);
+        w.run();
+        assert!(w.core.is_leader());
+    }
+    assert_eq!(
+        w.core.next_wakeup(w.now.mono),
+        Some(w.t0 + Duration::from_secs(27))
+    );
+    w.at(27_000);
+    w.writes.clear();
+    let actions = w.run();
+    assert_eq!(w.writes, ["lease holder=\"\"", "pod-b is-leader=false"]);
+    assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
+}
+
+#[test]
+fn second_signal_releases_now() {
+    let mut w = World::leading();
+    w.feed(Observation::Signal);
+    w.run();
+    w.at(100);
+    w.writes.clear();
+    w.feed(Observation::Signal);
+    let actions = w.run();
+    assert_eq!(w.writes, ["lease holder=\"\"", "pod-b is-leader=false"]);
+    assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
+}
+
+#[test]
+fn deletion_starts_the_drain_without_a_signal() {
+    let mut w = leader_with_follower();
+    w.update_pod(ME, |p| {
+        p.deleting = true;
+        p.deletion_grace_seconds = Some(10);
+    });
+    assert!(w.core.draining());
+    w.run();
+    assert_eq!(w.writes, ["pod-b participant=-", "lease holder=\"\""]);
+    // The SIGTERM that follows is the first signal, not an urgent second one.
+    w.feed(Observation::Signal);
+    w.writes.clear();
+    w.run();
+    assert!(w.writes.is_empty());
+}
+
+#[test]
+fn drain_gives_up_when_the_server_never_answers() {
+    let mut w = World::leading();
+    w.fail_next(10_000, KubeError::Transport("down".into()));
+    w.feed(Observation::Signal);
+    let mut exit = None;
+    for ms in (0..40_000).step_by(100) {
+        w.at(ms);
+        if let Some(Action::Exit(e)) = w.run().last() {
+            exit = Some((ms, *e));
+            break;
+        }
+    }
+    let (ms, e) = exit.expect("must exit");
+    assert_eq!(e, Exit::Incomplete);
+    assert!((27_000..30_000).contains(&ms), "exited at {ms} ms");
+}
+
+#[test]
+fn restarted_sidecar_resumes_its_own_lease() {
+    let mut w = World::new();
+    w.update_pod(ME, |p| {
+        p.labels.insert("e/is-leader".into(), "true".into());
+        p.labels.insert("e/participant".into(), "true".into());
+    });
+    w.set_lease(ME, 2);
+    w.boot();
+    w.run();
+    assert!(w.core.is_leader());
+    // It never labeled itself false in between.
+    assert_eq!(w.writes, ["lease holder=\"pod-b\""]);
+    assert_eq!(w.lease.as_ref().unwrap().record.transitions, 2);
+}
+
+#[test]
+fn restarted_unready_pod_releases_its_lease_to_a_ready_participant() {
+    let mut w = World::new();
+    w.update_pod(ME, |p| p.ready = false);
+    w.add_pod(
+        "pod-a",
+        true,
+        &[("e/is-leader", "false"), ("e/participant", "true")],
+    );
+    w.set_lease(ME, 2);
+    w.boot();
+    w.run();
+    assert!(!w.core.is_leader());
+    let lease = w.lease.clone().unwrap();
+    assert_eq!(lease.record.holder, "", "released, not resumed");
+    assert_eq!(lease.record.transitions, 2);
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
+    // Without a ready participant it resumes, as any restart does.
+    let mut w = World::new();
+    w.update_pod(ME, |p| p.ready = false);
+    w.set_lease(ME, 2);
+    w.boot();
+    w.run();
+    assert!(w.core.is_leader());
+}
+
+#[test]
+fn leader_corrects_stale_labels_on_resync() {
+    let mut w = leader_with_follower();
+    // Someone mislabels a follower by hand; the watch event is missed.
+    let mut a = w.pods["pod-a"].clone();
+    a.labels.insert("e/is-leader".into(), "yes".into());
+    a.resource_version = w.next_rv();
+    w.pods.insert("pod-a".into(), a);
+    w.at(5000);
+    let actions = w.run();
+    assert!(actions.contains(&Action::ListPods));
+    assert!(w.writes.contains(&"pod-a is-leader=false".to_string()));
+}
+
+#[test]
+fn label_conflict_re_reads_the_pod() {
+    let mut w = leader_with_follower();
+    // The follower's pod changes; our cache is stale.
+    let mut a = w.pods["pod-a"].clone();
+    a.labels.insert("e/is-leader".into(), "bogus".into());
+    a.resource_version = w.next_rv();
+    let cached = a.clone();
+    w.feed(Observation::PodChanged(cached));
+    a.resource_version = w.next_rv();
+    w.pods.insert("pod-a".into(), a);
+    let actions = w.run();
+    assert!(actions.contains(&Action::GetPod("pod-a".into())));
+    assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("false"));
+}
+
+#[test]
+fn forbidden_patch_backs_off() {
+    let mut w = World::new();
+    w.add_pod("pod-a", true, &[("e/is-leader", "true")]);
+    w.set_lease("pod-a", 0);
+    w.boot();
+    w.fail_next(1, KubeError::Forbidden("pods is forbidden".into()));
+    let actions = w.run();
+    assert_eq!(actions.len(), 1);
+    assert!(w.core.next_wakeup(w.now.mono).is_some());
+}
+
+#[test]
+fn own_pod_gone_means_leave() {
+    let mut w = leader_with_follower();
+    w.pods.remove(ME);
+    let own = w.core.own.clone().unwrap();
+    w.feed(Observation::PodGone(own));
+    let actions = w.run();
+    assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
+    assert_eq!(w.lease.as_ref().unwrap().record.holder, "");
+}
+
+// ---- faults: answers lost, streams out of step, hands on the Lease, outages -----------
+//
+// Each test below failed on the core before the fault handling in `safety` and
+// `outage` (checked by running them against it).
+
+/// pod-a's sidecar, cut off, still believes it leads: its claim of `true` on its own pod,
+/// based on the resourceVersion it last saw, is held in the network.
+fn claim_in_flight(w: &World, pod: &str) -> Patch {
+    Patch {
+        pod: pod.into(),
+        precondition: Some(w.pods[pod].resource_version.clone()),
+        labels: vec![("e/is-leader".into(), Some("true".into()))],
+        annotations: vec![],
+        reason: "claim leadership",
+    }
+}
+
+/// Runs the core every `step` ms from `from` to `to` (exclusive).
+fn run_until(w: &mut World, from: u64, to: u64, step: u64) {
+    for ms in (from..to).step_by(step as usize) {
+        w.at(ms);
+        w.run();
+    }
+}
+
+fn wrote_true(w: &World) -> bool {
+    w.writes.iter().any(|x| x.contains("is-leader=true"))
+}
+
+#[test]
+fn takeover_applied_with_its_answer_lost_still_fences_the_old_leader() {
+    let mut w = World::following("pod-a", 0);
+    // pod-a's pod says false (its own earlier step), and its claim of true is in flight.
+    w.update_pod("pod-a", |p| {
+        p.labels.insert("e/is-leader".into(), "false".into());
+    });
+    let late = claim_in_flight(&w, "pod-a");
+    w.at(15_000);
+    w.lose_next(1, Calls::LeaseWrites);
+    w.run();
+    assert!(!w.core.is_leader(), "the answer was lost");
+    assert_eq!(
+        w.lease.as_ref().unwrap().record.holder,
+        ME,
+        "but it was applied"
+    );
+    run_until(&mut w, 15_100, 20_000, 100);
+    assert!(w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert!(
+        !w.apply_foreign(&late),
+        "the old leader's claim must be stale"
+    );
+}
+
+#[test]
+fn release_applied_with_its_answer_lost_claims_nothing_back() {
+    let mut w = leader_with_follower();
+    w.at(300);
+    w.hold_lease_stream(true);
+    w.lose_next(1, Calls::LeaseWrites);
+    w.feed(Observation::Signal);
+    w.run();
+    assert_eq!(w.lease.as_ref().unwrap().record.holder, "");
+    // pod-a takes the lease and fences us; our pod stream is ahead of our lease stream.
+    w.at(310);
+    w.set_lease("pod-a", 1);
+    w.update_pod(ME, |p| {
+        p.labels.insert("e/is-leader".into(), "false".into());
+    });
+    w.update_pod("pod-a", |p| {
+        p.labels.insert("e/is-leader".into(), "true".into());
+    });
+    w.writes.clear();
+    run_until(&mut w, 320, 5_000, 20);
+    assert!(!wrote_true(&w), "claimed true again: {:?}", w.writes);
+    assert!(
+        w.writes.iter().all(|x| !x.starts_with("pod-a")),
+        "touched the successor: {:?}",
+        w.writes
+    );
+    assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("true"));
+}
+
+#[test]
+fn fence_changes_the_pod_even_when_the_transition_count_repeats() {
+    // An earlier takeover by this pod stamped pod-a; the Lease was recreated since, so
+    // the transition count starts again and would repeat the old stamp.
+    let mut w = World::new();
+    w.label_me("false");
+    w.add_pod("pod-a", true, &[("e/is-leader", "false")]);
+    w.annotations.insert(
+        "pod-a".into(),
+        [("e/is-leader".to_string(), "pod-b:1".to_string())].into(),
+    );
+    w.set_lease("pod-a", 0);
+    w.boot();
+    w.run();
+    let late = claim_in_flight(&w, "pod-a");
+    run_until(&mut w, 15_000, 16_000, 100);
+    assert!(w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert!(!w.apply_foreign(&late), "the fence must have changed pod-a");
+}
+
+#[test]
+fn failed_resume_after_a_restart_keeps_the_label() {
+    let mut w = World::new();
+    w.label_me("true");
+    w.set_lease_silently(ME, 2);
+    w.boot();
+    w.fail_next_of(
+        3,
+        Calls::LeaseWrites,
+        KubeError::Status {
+            code: 503,
+            message: "unavailable".into(),
+        },
+    );
+    run_until(&mut w, 0, 10_000, 100);
+    assert!(w.core.is_leader());
+    assert!(
+        w.writes.iter().all(|x| !x.contains("is-leader=false")),
+        "{:?}",
+        w.writes
+    );
+}
+
+/// A follower of pod-a that saw pod-a's last renewal at 1 s; at 1.5 s `edit` changes the
+/// Lease by hand. pod-a's sidecar may lead until its renew deadline, which ends before
+/// 1 s + the lease duration: no label may change before 16 s.
+fn hand_edit_is_waited_out(edit: impl FnOnce(&mut World)) {
+    let mut w = World::following("pod-a", 3);
+    w.at(1_000);
+    w.set_lease("pod-a", 3);
+    w.at(1_500);
+    edit(&mut w);
+    w.writes.clear();
+    for ms in (1_500..16_000).step_by(50) {
+        w.at(ms);
+        w.run();
+        assert!(
+            w.writes.iter().all(|x| x.starts_with("lease")),
+            "a label written at {ms} ms: {:?}",
+            w.writes
+        );
+    }
+    run_until(&mut w, 16_000, 18_000, 50);
+    assert!(w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("false"));
+}
+
+#[test]
+fn lease_deleted_by_hand_new_leader_waits_out_the_old_holder() {
+    hand_edit_is_waited_out(|w| w.delete_lease());
+}
+
+#[test]
+fn lease_rewritten_by_hand_to_name_us_waits_out_the_old_holder() {
+    hand_edit_is_waited_out(|w| w.set_lease(ME, 3));
+}
+
+#[test]
+fn lease_emptied_by_hand_waits_out_the_old_holder() {
+    hand_edit_is_waited_out(|w| w.set_lease_for("", 3, 15));
+}
+
+#[test]
+fn lease_duration_lowered_by_hand_waits_out_the_old_holder() {
+    hand_edit_is_waited_out(|w| w.set_lease_for("pod-a", 3, 1));
+}
+
+#[test]
+fn pod_recreated_under_the_same_name_is_not_adopted() {
+    let mut w = leader_with_follower();
+    // Force-deleted and recreated; the new pod's own sidecar labels it.
+    w.at(100);
+    w.update_pod(ME, |p| {
+        p.uid = "uid-new".into();
+        p.labels.insert("e/is-leader".into(), "false".into());
+    });
+    w.writes.clear();
+    let actions = w.run();
+    assert!(
+        matches!(actions.last(), Some(Action::Exit(_))),
+        "{actions:?}"
+    );
+    assert!(w.writes.is_empty(), "{:?}", w.writes);
+}
+
+// ---- outages -------------------------------------------------------------------------
+
+#[test]
+fn leader_cut_off_by_an_outage_resumes_quietly() {
+    let mut w = leader_with_follower();
+    w.fail_next(u32::MAX, KubeError::Transport("connection refused".into()));
+    run_until(&mut w, 1_000, 31_000, 250);
+    assert!(!w.core.is_leader(), "no renewal: not leading");
+    w.fail = None;
+    w.writes.clear();
+    run_until(&mut w, 31_000, 34_000, 100);
+    assert!(w.core.is_leader());
+    assert_eq!(w.lease.as_ref().unwrap().record.transitions, 0);
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert!(
+        w.writes
+            .iter()
+            .all(|x| !x.contains("is-leader=false") || !x.starts_with(ME)),
+        "{:?}",
+        w.writes
+    );
+}
+
+#[test]
+fn silence_counts_only_while_in_contact() {
+    let mut w = World::following("pod-a", 0);
+    w.at(1_000);
+    w.feed(Observation::LeaseContact(Contact::Lost));
+    w.fail_next(u32::MAX, KubeError::Transport("connection refused".into()));
+    run_until(&mut w, 1_000, 30_000, 250);
+    w.at(30_000);
+    w.fail = None;
+    w.feed(Observation::LeaseContact(Contact::Restored));
+    w.writes.clear();
+    // pod-a's sidecar died during the outage: replaced a lease after the outage ends.
+    run_until(&mut w, 30_000, 45_000, 100);
+    assert!(w.writes.is_empty(), "{:?}", w.writes);
+    assert!(!w.core.is_leader());
+    run_until(&mut w, 45_000, 46_000, 100);
+    assert!(w.core.is_leader());
+}
+
+#[test]
+fn expiry_is_confirmed_by_a_read_before_a_takeover() {
+    // The watch stalled silently: pod-a's renewals never reached us.
+    let mut w = World::following("pod-a", 0);
+    w.writes.clear();
+    w.at(14_000);
+    w.set_lease_silently("pod-a", 0);
+    w.at(15_000);
+    let actions = w.run();
+    assert_eq!(actions, [Action::GetLease]);
+    assert!(w.writes.is_empty());
+    assert!(!w.core.is_leader());
+}
+
+#[test]
+fn follower_that_meets_an_outage_at_expiry_waits_a_full_lease_after_it() {
+    // etcd is down: nothing changes, every call answers 503.
+    let mut w = World::following("pod-a", 0);
+    w.writes.clear();
+    w.fail_next(
+        u32::MAX,
+        KubeError::Status {
+            code: 503,
+            message: "etcdserver: request timed out".into(),
+        },
+    );
+    run_until(&mut w, 15_000, 40_000, 100);
+    assert!(w.writes.is_empty());
+    w.fail = None;
+    run_until(&mut w, 40_000, 44_000, 100);
+    assert!(w.writes.is_empty(), "{:?}", w.writes);
+    // The leader resumes and renews: the follower never takes over.
+    for ms in (44_000..70_000).step_by(250) {
+        w.at(ms);
+        if ms % 2_000 == 0 {
+            w.set_lease("pod-a", 0);
+        }
+        w.run();
+    }
+    assert!(w.writes.is_empty(), "{:?}", w.writes);
+}
+
+#[test]
+fn claim_held_in_the_network_is_stale_after_the_next_takeover() {
+    let mut w = World::following("pod-a", 0);
+    w.at(500);
+    w.delay_next(Calls::PatchOf(ME));
+    w.release_lease(0);
+    w.run();
+    assert!(w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"), "held");
+    // We are cut off; pod-a takes over after our lease, fences us and claims.
+    w.fail_next(u32::MAX, KubeError::Transport("unreachable".into()));
+    run_until(&mut w, 600, 20_000, 250);
+    w.set_lease("pod-a", 2);
+    assert!(w.apply_foreign(&Patch {
+        pod: ME.into(),
+        precondition: None,
+        labels: vec![("e/is-leader".into(), Some("false".into()))],
+        annotations: vec![("e/is-leader".into(), "pod-a:9000".into())],
+        reason: "fence",
+    }));
+    let mut claim = claim_in_flight(&w, "pod-a");
+    claim.precondition = Some(w.pods["pod-a"].resource_version.clone());
+    assert!(w.apply_foreign(&claim));
+    // Our claim finally reaches the server: stale.
+    assert_eq!(w.deliver_delayed(), [false]);
+}
+
+#[test]
+fn pod_stream_behind_the_lease_stream_still_gives_one_leader() {
+    let mut w = World::following("pod-a", 0);
+    w.hold_pod_stream(true);
+    // pod-a's sidecar drops its participation (unseen by us), then releases.
+    w.update_pod("pod-a", |p| {
+        p.labels.remove("e/participant");
+    });
+    w.at(500);
+    w.release_lease(0);
+    run_until(&mut w, 500, 3_000, 50);
+    assert!(w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("false"));
+    w.hold_pod_stream(false);
+    run_until(&mut w, 3_000, 6_000, 50);
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+}
