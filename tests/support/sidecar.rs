@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 
 /// The binary under test: cargo's for integration tests, the release build otherwise
 /// (the demo example runs after `cargo build --release`).
+///
+/// `LEADER_LABELER_BIN` names another binary, e.g. an older build, to show that a test
+/// fails on it.
 pub fn bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("LEADER_LABELER_BIN") {
+        return p.into();
+    }
     match option_env!("CARGO_BIN_EXE_leader-labeler") {
         Some(p) => p.into(),
         None => concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/leader-labeler").into(),

@@ -1,0 +1,226 @@
+//! End-to-end proof of the fault paths (issue "never two leaders when responses are
+//! lost"): each scenario is a fault a real cluster produces, against the real binary and
+//! a real kube-apiserver. Each one failed on the code before the fix (run it with
+//! `LEADER_LABELER_BIN=<old build>`); the observer fails any test in which two pods carry
+//! `is-leader=true` at any resourceVersion.
+//!
+//! "A claim in flight" is written by the test itself: the conditional `true` a cut-off
+//! old leader would have sent with the resourceVersion it last saw, arriving late.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{Cluster, Namespace, Observer, Sidecar, LEADER_KEY, PARTICIPANT_KEY};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+const MERGE: &str = "application/merge-patch+json";
+
+fn lease_path(ns: &Namespace) -> String {
+    format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
+        ns.name
+    )
+}
+
+fn pod_path(ns: &Namespace, pod: &str) -> String {
+    format!("/api/v1/namespaces/{}/pods/{pod}", ns.name)
+}
+
+/// What a cut-off old leader's delayed claim does when it finally arrives: a merge patch
+/// of `true` conditional on the resourceVersion it was decided on. Returns the status.
+fn late_claim(ns: &Namespace, pod: &str, resource_version: &str) -> u16 {
+    let (code, _) = ns.api.call(
+        "PATCH",
+        &pod_path(ns, pod),
+        Some((
+            MERGE,
+            &json!({"metadata": {"resourceVersion": resource_version,
+                                 "labels": {LEADER_KEY: "true"}}}),
+        )),
+    );
+    code
+}
+
+fn resource_version(v: &Value) -> String {
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Path 3: after the Lease is recreated its transition count starts again, so a stamp
+/// made of holder and transitions repeats; an identical merge patch does not change the
+/// pod, and a delayed `true` survived the fence.
+#[test]
+fn fence_changes_the_pod_even_when_the_lease_was_recreated() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "stamp");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    // pod-a as an earlier takeover by pod-b left it (transition 1 of an earlier Lease),
+    // and pod-a's sidecar holds the recreated Lease (transition 0), then dies.
+    ns.api.patch(
+        &pod_path(&ns, "pod-a"),
+        MERGE,
+        &json!({"metadata": {"labels": {LEADER_KEY: "false"},
+                             "annotations": {LEADER_KEY: "pod-b:1"}}}),
+    );
+    let now = "2026-01-01T00:00:00.000000Z";
+    ns.api.post(
+        &format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases",
+            ns.name
+        ),
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "my-app"},
+                "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 3,
+                         "leaseTransitions": 0, "acquireTime": now, "renewTime": now}}),
+    );
+    let observer = Observer::start(&ns);
+    let in_flight = resource_version(&ns.get_pod("pod-a"));
+    let _b = Sidecar::spawn(&ns, "pod-b", &[]);
+    observer.wait_until(secs(15), "pod-b leads", |s| {
+        s.leader().as_deref() == Some("pod-b")
+    });
+    assert_eq!(
+        late_claim(&ns, "pod-a", &in_flight),
+        409,
+        "the fence did not change pod-a: the old leader's late claim was accepted"
+    );
+    observer.assert_never_two_leaders();
+}
+
+/// Path 6: a pod force-deleted and recreated under the same name while its old sidecar
+/// process still runs (a StatefulSet pod on a node that lost contact).
+#[test]
+fn pod_recreated_under_the_same_name_is_left_to_its_new_sidecar() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "uid");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let mut old = Sidecar::spawn(&ns, "pod-a", &[]);
+    observer.wait_until(secs(15), "pod-a leads", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    let _b = Sidecar::spawn(&ns, "pod-b", &[]);
+    observer.wait_until(secs(10), "pod-b participates", |s| {
+        s.label("pod-b", PARTICIPANT_KEY) == Some("true")
+    });
+    // The old process is frozen (its node lost contact) while the pod is replaced.
+    old.freeze();
+    ns.force_delete("pod-a");
+    ns.create_pod("pod-a", true);
+    old.resume();
+    let status = old
+        .wait_exit(secs(10))
+        .unwrap_or_else(|| panic!("the old process adopted the new pod:\n{}", old.output()));
+    assert_eq!(status.code(), Some(1), "{}", old.output());
+    assert!(
+        old.output().contains("was deleted and recreated"),
+        "{}",
+        old.output()
+    );
+    let _new = Sidecar::spawn(&ns, "pod-a", &[]);
+    let leader = observer.wait_for_single_leader(secs(15));
+    observer.wait_until(secs(10), "both participate", |s| {
+        ["pod-a", "pod-b"]
+            .iter()
+            .all(|p| s.label(p, PARTICIPANT_KEY) == Some("true"))
+    });
+    assert!(["pod-a", "pod-b"].contains(&leader.as_str()));
+}
+
+/// Path 5: the Lease deleted, or rewritten to name a running follower, by hand, just
+/// after a renewal, while the sidecars poll it (lease verbs get/update only, as a
+/// cautious Role would have) so the old leader notices only at its next renewal. The
+/// new holder must wait out the old one before touching labels.
+#[test]
+fn lease_deleted_or_rewritten_by_hand_under_a_live_leader() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::with_rbac(cluster, "hands", |m| {
+        m.replace(
+            "verbs: [\"get\", \"list\", \"watch\", \"update\"]",
+            "verbs: [\"get\", \"update\"]",
+        )
+    });
+    let pods = ["pod-a", "pod-b", "pod-c"];
+    for p in pods {
+        ns.create_pod(p, true);
+    }
+    let observer = Observer::start(&ns);
+    let _sidecars: Vec<_> = pods.iter().map(|p| Sidecar::spawn(&ns, p, &[])).collect();
+    observer.wait_for_single_leader(secs(15));
+    for round in 0..4 {
+        observer.wait_until(secs(10), "all participate", |s| {
+            pods.iter()
+                .all(|p| s.label(p, PARTICIPANT_KEY) == Some("true"))
+                && s.leader().is_some()
+        });
+        let leader = observer.leader().unwrap();
+        let renewed = next_renewal(&ns, &leader);
+        if round % 2 == 0 {
+            ns.api.delete(&lease_path(&ns), &json!({}));
+        } else {
+            let follower = pods.iter().find(|p| **p != leader).unwrap();
+            let mut lease = renewed.clone();
+            lease["spec"]["holderIdentity"] = json!(follower);
+            ns.api.put(&lease_path(&ns), &lease);
+        }
+        settled(&ns, &observer, secs(15));
+        observer.assert_never_two_leaders();
+    }
+}
+
+/// Waits until the Lease names a holder that is the one pod labeled leader (polled: a
+/// Lease change is not a pod event the observer could wait for).
+fn settled(ns: &Namespace, observer: &Observer, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let holder = ns
+            .get_lease()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        if !holder.is_empty() && observer.leader().as_deref() == Some(holder.as_str()) {
+            return holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no settled leader within {timeout:?}: Lease holder {holder:?}, labeled {:?}",
+            observer.with(|s| s.leaders())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for the next renewal of the Lease by `holder` (a watch from the current
+/// version, by the admin) and returns the Lease as renewed.
+fn next_renewal(ns: &Namespace, holder: &str) -> Value {
+    let start = ns.get_lease().expect("lease");
+    let from = resource_version(&start);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut found = None;
+    let url = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases?fieldSelector=metadata.name%3Dmy-app&watch=true&resourceVersion={from}",
+        ns.name
+    );
+    let deadline = Instant::now() + secs(10);
+    while found.is_none() {
+        assert!(Instant::now() < deadline, "no renewal by {holder} in 10 s");
+        let _ = ns.api.stream(&url, |ev| {
+            let l = &ev["object"];
+            if ev["type"] == "MODIFIED" && l["spec"]["holderIdentity"] == holder {
+                found = Some(l.clone());
+                return false;
+            }
+            !stop.load(Ordering::SeqCst)
+        });
+    }
+    found.unwrap()
+}
