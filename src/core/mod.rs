@@ -891,7 +891,9 @@ impl Core {
                 l.renew_due = now + self.s.retry_period / 2;
                 self.s.retry_period / 2
             }
-            (_, KubeError::Forbidden(_)) => self.s.retry_period * 5,
+            // A missing permission stays missing, but a kube-apiserver that is starting
+            // answers 403 until its RBAC cache is synced: probe on while out of contact.
+            (_, KubeError::Forbidden(_)) if self.contact_lost.is_none() => self.s.retry_period * 5,
             _ => self.jitter.stretch(self.s.retry_period, 1.2),
         };
         self.lease_retry_at = Some(now + delay);

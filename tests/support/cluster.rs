@@ -416,6 +416,17 @@ impl Cluster {
         self.wait_ready();
     }
 
+    /// Freezes etcd (SIGSTOP) under the running kube-apiserver: reads and writes hang
+    /// and end in timeouts or 5xx, watches stay open and go quiet.
+    pub fn freeze_etcd(&self) {
+        super::process::signal(self.etcd.lock().unwrap().id(), libc::SIGSTOP);
+    }
+
+    /// Lets etcd run again after [`Cluster::freeze_etcd`].
+    pub fn thaw_etcd(&self) {
+        super::process::signal(self.etcd.lock().unwrap().id(), libc::SIGCONT);
+    }
+
     /// Runs kubectl against this cluster as admin.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         use std::io::Write;
