@@ -29,6 +29,9 @@ struct Bench {
     crashes: usize,
     steady: Duration,
     growth_window: Duration,
+    /// Control-plane outages per implementation, and how long each lasts.
+    outages: usize,
+    outage_length: Duration,
 }
 
 impl Impl {
@@ -291,6 +294,81 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// kube-apiserver outages: how often leadership moves, and what the followers ask
+    /// of the API server afterwards. A sidecar that exits (client-go's RunOrDie returns
+    /// when leadership is lost) is restarted, as the kubelet would.
+    fn outages(&self, imp: Impl) -> (f64, f64) {
+        let pods: Vec<String> = ["pod-a", "pod-b", "pod-c"].map(String::from).to_vec();
+        let (ns, observer, mut sidecars) = self.setup(imp, "outage", &pods);
+        let lease = |ns: &Namespace| {
+            let spec = ns.get_lease().map(|l| l["spec"].clone()).unwrap_or_default();
+            (
+                spec["holderIdentity"].as_str().unwrap_or("").to_string(),
+                spec["leaseTransitions"].as_i64().unwrap_or(0),
+            )
+        };
+        let mut moves = 0;
+        for i in 0..self.outages {
+            std::thread::sleep(Duration::from_secs(5));
+            let before = lease(&ns);
+            self.cluster.stop_apiserver();
+            std::thread::sleep(self.outage_length);
+            self.cluster.start_apiserver();
+            // Settle: restart what exited, wait for one leader and for the lease to show it.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                for (j, s) in sidecars.iter_mut().enumerate() {
+                    if !s.is_running() {
+                        *s = self.spawn(&ns, imp, &pods[j]);
+                    }
+                }
+                let now = lease(&ns);
+                if !now.0.is_empty() && observer.leader().as_deref() == Some(now.0.as_str()) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no leader 60 s after an outage");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let after = lease(&ns);
+            let moved = after.0 != before.0 || after.1 != before.1;
+            moves += moved as usize;
+            eprintln!(
+                "  {} outage {}: {}",
+                imp.name(),
+                i + 1,
+                if moved { "leadership moved" } else { "same leader" }
+            );
+        }
+        // Followers once things have settled after the last outage.
+        std::thread::sleep(Duration::from_secs(30));
+        let leader = observer.leader().expect("a leader");
+        let from = micro_time(SystemTime::now());
+        std::thread::sleep(self.steady);
+        let to = micro_time(SystemTime::now());
+        std::thread::sleep(Duration::from_millis(500));
+        let counts = audit_counts(&self.cluster.audit_log(), &from, &to);
+        let per_min = 60.0 / self.steady.as_secs_f64();
+        let follower_rpm = counts
+            .iter()
+            .filter(|(agent, _)| agent.starts_with(imp.agent()))
+            .filter_map(|(agent, n)| pod_of(agent).map(|p| (p, n)))
+            .filter(|(p, _)| pods.iter().any(|x| x == p) && *p != leader)
+            .map(|(_, n)| *n as f64 * per_min)
+            .fold(0.0, f64::max);
+        let rate = moves as f64 / self.outages as f64;
+        eprintln!(
+            "  {} outages: {moves}/{} moved leadership; follower {follower_rpm:.1} req/min afterwards",
+            imp.name(),
+            self.outages
+        );
+        (
+            (rate * 100.0).round() / 100.0,
+            (follower_rpm * 10.0).round() / 10.0,
+        )
+    }
+}
+
 struct Steady {
     leader_rpm: f64,
     follower_rpm: f64,
@@ -325,6 +403,8 @@ fn main() {
         crashes: if quick { 2 } else { 5 },
         steady: Duration::from_secs(if quick { 20 } else { 60 }),
         growth_window: Duration::from_secs(if quick { 10 } else { 30 }),
+        outages: if quick { 2 } else { 5 },
+        outage_length: Duration::from_secs(20),
     };
     let mut results = serde_json::Map::new();
     let mut growth = vec![];
@@ -334,6 +414,8 @@ fn main() {
         let crashes = bench.crash(imp);
         let unready = bench.unready(imp);
         let steady = bench.steady(imp, 3, bench.steady);
+        // Last: the outages stop the shared control plane.
+        let (moves_per_outage, after_outage_rpm) = bench.outages(imp);
         eprintln!(
             "  {} steady: leader {} req/min, follower {} req/min, peak RSS {} KiB, leader CPU {} s/min",
             imp.name(),
@@ -362,6 +444,9 @@ fn main() {
                 "crash_failover_ms": {"p50": percentile(&crashes, 50.0), "p95": percentile(&crashes, 95.0)},
                 "unready_failover_ms": {"p50": unready.map(|u| (u * 10.0).round() / 10.0)},
                 "requests_per_min": {"leader": steady.leader_rpm, "follower": steady.follower_rpm},
+                "outages": {"count": bench.outages, "seconds_each": bench.outage_length.as_secs(),
+                            "leadership_moves_per_outage": moves_per_outage,
+                            "follower_requests_per_min_after": after_outage_rpm},
                 "peak_rss_kib": steady.peak_rss_kib,
                 "cpu_seconds_per_min": steady.leader_cpu_per_min,
                 "binary_bytes": binary,
@@ -429,6 +514,14 @@ fn report(r: &Value, quick: bool) -> String {
         ("unready failover (ms)", "/unready_failover_ms/p50"),
         ("leader requests/min", "/requests_per_min/leader"),
         ("follower requests/min", "/requests_per_min/follower"),
+        (
+            "leadership moves per 20 s control-plane outage",
+            "/outages/leadership_moves_per_outage",
+        ),
+        (
+            "follower requests/min after an outage",
+            "/outages/follower_requests_per_min_after",
+        ),
         ("peak RSS (KiB)", "/peak_rss_kib"),
         ("leader CPU (s/min)", "/cpu_seconds_per_min"),
         ("binary (bytes)", "/binary_bytes"),
