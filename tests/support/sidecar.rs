@@ -104,9 +104,12 @@ impl Sidecar {
             .arg(format!("--pod-name={pod}"))
             .arg(format!("--namespace={}", ns.name))
             .arg(format!("--server={server}"))
-            .arg(format!("--token-file={}", ns.token_file().display()))
-            .arg(format!("--ca-file={}", ns.cluster.ca_file().display()))
-            .args(args)
+            .arg(format!("--token-file={}", ns.token_file().display()));
+        // A plain-HTTP server (the fault proxy) takes no CA file: the sidecar rejects one.
+        if !server.starts_with("http://") {
+            cmd.arg(format!("--ca-file={}", ns.cluster.ca_file().display()));
+        }
+        cmd.args(args)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
