@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cluster;
 pub mod endpoints;
+pub mod faults;
 pub mod namespace;
 pub mod observer;
 pub mod process;
