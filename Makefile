@@ -6,10 +6,12 @@ VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 REGISTRY ?= ghcr.io/middlendian
 IMAGE    ?= $(REGISTRY)/leader-labeler:$(VERSION)
 TARBALL  ?= target/leader-labeler-$(VERSION).tar
+DURATION ?= 30m
+SEED     ?=
 # Missing tools (Rust targets, Debian musl-tools, gcc-aarch64-linux-gnu, qemu-user,
 # buildah) are installed by scripts/deps.sh when a target needs them.
 
-.PHONY: help build static static-arm64 control-plane test test-unit test-e2e demo image image-tar image-check docker-build docker-push bench fmt lint clean
+.PHONY: help build static static-arm64 control-plane test test-unit test-e2e chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +38,9 @@ test-unit: ## Unit tests of the pure parts only (no cluster)
 
 test-e2e: control-plane ## End-to-end scenarios only
 	cargo test --test e2e
+
+chaos: control-plane ## Seeded chaos run: make chaos DURATION=30m [SEED=n] (make test runs 3 minutes)
+	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) cargo test --test chaos -- --nocapture
 
 demo: control-plane ## Live demo: local control plane, three pods, handovers measured
 	cargo build --release --quiet

@@ -302,7 +302,10 @@ impl Bench {
         let pods: Vec<String> = ["pod-a", "pod-b", "pod-c"].map(String::from).to_vec();
         let (ns, observer, mut sidecars) = self.setup(imp, "outage", &pods);
         let lease = |ns: &Namespace| {
-            let spec = ns.get_lease().map(|l| l["spec"].clone()).unwrap_or_default();
+            let spec = ns
+                .get_lease()
+                .map(|l| l["spec"].clone())
+                .unwrap_or_default();
             (
                 spec["holderIdentity"].as_str().unwrap_or("").to_string(),
                 spec["leaseTransitions"].as_i64().unwrap_or(0),
@@ -337,7 +340,11 @@ impl Bench {
                 "  {} outage {}: {}",
                 imp.name(),
                 i + 1,
-                if moved { "leadership moved" } else { "same leader" }
+                if moved {
+                    "leadership moved"
+                } else {
+                    "same leader"
+                }
             );
         }
         // Followers once things have settled after the last outage.

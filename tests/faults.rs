@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Cluster, Namespace, Observer, Sidecar, LEADER_KEY, PARTICIPANT_KEY};
+use support::faults::{Fault, FaultProxy, Kind};
+use support::{Cluster, Namespace, Observer, Sidecar, SidecarOptions, LEADER_KEY, PARTICIPANT_KEY};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -54,6 +55,101 @@ fn resource_version(v: &Value) -> String {
         .to_string()
 }
 
+fn through(ns: &Namespace, pod: &str, proxy: &FaultProxy) -> Sidecar {
+    Sidecar::spawn_with(
+        ns,
+        pod,
+        SidecarOptions {
+            server: Some(proxy.url()),
+            extra: &[],
+        },
+    )
+}
+
+/// Path 1: the follower's takeover is applied but its answer is lost, so it learns of
+/// its own takeover from the watch, while the old leader (its node hung) has a claim of
+/// `true` in flight on a pod that says `false`.
+#[test]
+fn takeover_applied_with_its_answer_lost_still_fences_the_old_leader() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "lost-take");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let a = Sidecar::spawn(&ns, "pod-a", &[]);
+    observer.wait_until(secs(15), "pod-a leads", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    let pb = FaultProxy::start(cluster);
+    let _b = through(&ns, "pod-b", &pb);
+    observer.wait_until(secs(10), "pod-b participates", |s| {
+        s.label("pod-b", PARTICIPANT_KEY) == Some("true")
+    });
+    // pod-a's node hangs. Its pod says false and its own claim of true is in flight
+    // (as after it stepped down and took the lease back just before the hang).
+    a.freeze();
+    ns.set_label("pod-a", LEADER_KEY, "false");
+    let in_flight = resource_version(&ns.get_pod("pod-a"));
+    pb.once(Kind::LeaseWrite, Fault::DropResponse);
+    pb.wait_for(
+        Kind::LeaseWrite,
+        secs(15),
+        "pod-b's takeover applied, answer lost",
+        |r| r.fault == Some(Fault::DropResponse) && r.applied(),
+    );
+    observer.wait_until(secs(10), "pod-b leads", |s| {
+        s.leader().as_deref() == Some("pod-b")
+    });
+    assert_eq!(
+        late_claim(&ns, "pod-a", &in_flight),
+        409,
+        "pod-b did not fence pod-a after a takeover it learned of from the watch"
+    );
+    a.resume();
+    observer.assert_never_two_leaders();
+}
+
+/// Path 4: a restarted sidecar whose resume of its own Lease fails for a moment must not
+/// label its pod `false` meanwhile (a leaderless moment nobody asked for).
+#[test]
+fn failed_resume_after_a_restart_keeps_the_label() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "resume");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let pa = FaultProxy::start(cluster);
+    let mut a = through(&ns, "pod-a", &pa);
+    observer.wait_until(secs(15), "pod-a leads", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    let _b = Sidecar::spawn(&ns, "pod-b", &[]);
+    observer.wait_until(secs(10), "pod-b participates", |s| {
+        s.label("pod-b", PARTICIPANT_KEY) == Some("true")
+    });
+    let transitions = ns.get_lease().unwrap()["spec"]["leaseTransitions"].clone();
+    a.sigkill();
+    pa.set(Kind::LeaseWrite, Some(Fault::Refuse));
+    let seen = pa.count(Kind::LeaseWrite);
+    let _a2 = through(&ns, "pod-a", &pa);
+    pa.wait_count(Kind::LeaseWrite, seen + 2, secs(10));
+    let from = pa.records().len();
+    pa.set(Kind::LeaseWrite, None);
+    pa.wait_for(Kind::LeaseWrite, secs(10), "the resume applied", |r| {
+        r.seq >= from && r.applied()
+    });
+    assert_eq!(
+        ns.get_lease().unwrap()["spec"]["leaseTransitions"],
+        transitions
+    );
+    assert_eq!(observer.leader().as_deref(), Some("pod-a"));
+    assert!(
+        observer.gaps().is_empty(),
+        "pod-a's label left while it resumed: {:?}",
+        observer.gaps()
+    );
+}
+
 /// Path 3: after the Lease is recreated its transition count starts again, so a stamp
 /// made of holder and transitions repeats; an identical merge patch does not change the
 /// pod, and a delayed `true` survived the fence.
@@ -73,10 +169,7 @@ fn fence_changes_the_pod_even_when_the_lease_was_recreated() {
     );
     let now = "2026-01-01T00:00:00.000000Z";
     ns.api.post(
-        &format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{}/leases",
-            ns.name
-        ),
+        &format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", ns.name),
         &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": "my-app"},
                 "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 3,
