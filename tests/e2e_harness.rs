@@ -403,14 +403,14 @@ fn fault_proxy_classifies_requests() {
         (
             "GET",
             &format!("{l}?fieldSelector=metadata.name%3Dmy-app&watch=true&resourceVersion=5"),
-            Kind::Watch,
+            Kind::LeaseWatch,
         ),
-        ("GET", &format!("{l}?watch=1"), Kind::Watch),
+        ("GET", &format!("{l}?watch=1"), Kind::LeaseWatch),
         ("GET", &format!("{l}?watch=false"), Kind::LeaseRead),
         (
             "GET",
             "/apis/coordination.k8s.io/v1/watch/namespaces/ns/leases/my-app",
-            Kind::Watch,
+            Kind::LeaseWatch,
         ),
         ("PATCH", &format!("{p}/pod-a"), Kind::PodWrite),
         ("PUT", &format!("{p}/pod-a/status"), Kind::PodWrite),
@@ -424,7 +424,7 @@ fn fault_proxy_classifies_requests() {
         (
             "GET",
             &format!("{p}?labelSelector=app&watch=true"),
-            Kind::Watch,
+            Kind::PodWatch,
         ),
         ("GET", "/api/v1/pods", Kind::PodRead),
         ("POST", p, Kind::Other),

@@ -190,7 +190,8 @@ fn fence_changes_the_pod_even_when_the_lease_was_recreated() {
 }
 
 /// Path 6: a pod force-deleted and recreated under the same name while its old sidecar
-/// process still runs (a StatefulSet pod on a node that lost contact).
+/// process still runs, unaware (its node lost contact: here its pod watch is stalled, so
+/// the deletion never reaches it). The old process must not adopt the new pod.
 #[test]
 fn pod_recreated_under_the_same_name_is_left_to_its_new_sidecar() {
     let cluster = Cluster::shared();
@@ -198,7 +199,8 @@ fn pod_recreated_under_the_same_name_is_left_to_its_new_sidecar() {
     ns.create_pod("pod-a", true);
     ns.create_pod("pod-b", true);
     let observer = Observer::start(&ns);
-    let mut old = Sidecar::spawn(&ns, "pod-a", &[]);
+    let pa = FaultProxy::start(cluster);
+    let mut old = through(&ns, "pod-a", &pa);
     observer.wait_until(secs(15), "pod-a leads", |s| {
         s.leader().as_deref() == Some("pod-a")
     });
@@ -206,13 +208,12 @@ fn pod_recreated_under_the_same_name_is_left_to_its_new_sidecar() {
     observer.wait_until(secs(10), "pod-b participates", |s| {
         s.label("pod-b", PARTICIPANT_KEY) == Some("true")
     });
-    // The old process is frozen (its node lost contact) while the pod is replaced.
-    old.freeze();
+    pa.set(Kind::PodWatch, Some(Fault::Stall));
     ns.force_delete("pod-a");
     ns.create_pod("pod-a", true);
-    old.resume();
+    let _new = Sidecar::spawn(&ns, "pod-a", &[]);
     let status = old
-        .wait_exit(secs(10))
+        .wait_exit(secs(15))
         .unwrap_or_else(|| panic!("the old process adopted the new pod:\n{}", old.output()));
     assert_eq!(status.code(), Some(1), "{}", old.output());
     assert!(
@@ -220,14 +221,62 @@ fn pod_recreated_under_the_same_name_is_left_to_its_new_sidecar() {
         "{}",
         old.output()
     );
-    let _new = Sidecar::spawn(&ns, "pod-a", &[]);
-    let leader = observer.wait_for_single_leader(secs(15));
+    pa.clear();
     observer.wait_until(secs(10), "both participate", |s| {
         ["pod-a", "pod-b"]
             .iter()
             .all(|p| s.label(p, PARTICIPANT_KEY) == Some("true"))
     });
+    let leader = observer.wait_for_single_leader(secs(15));
     assert!(["pod-a", "pod-b"].contains(&leader.as_str()));
+}
+
+/// Path 2: a draining leader's release is applied but its answer is lost, and its Lease
+/// stream is behind its pod stream: it sees the successor's fence before it sees the
+/// successor's Lease. It must claim nothing back.
+#[test]
+fn release_applied_with_its_answer_lost_claims_nothing_back() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "lost-release");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let pa = FaultProxy::start(cluster);
+    let mut a = through(&ns, "pod-a", &pa);
+    observer.wait_until(secs(15), "pod-a leads", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    let _b = Sidecar::spawn(&ns, "pod-b", &[]);
+    observer.wait_until(secs(10), "pod-b participates", |s| {
+        s.label("pod-b", PARTICIPANT_KEY) == Some("true")
+    });
+    pa.set(Kind::LeaseWatch, Some(Fault::Stall));
+    pa.once(Kind::LeaseWrite, Fault::DropResponse);
+    a.sigterm();
+    pa.wait_for(
+        Kind::LeaseWrite,
+        secs(10),
+        "the release applied, answer lost",
+        |r| r.fault == Some(Fault::DropResponse) && r.applied(),
+    );
+    let took_over = observer.wait_until(secs(10), "pod-b leads", |s| {
+        s.leader().as_deref() == Some("pod-b")
+    });
+    a.wait_exit(secs(10))
+        .unwrap_or_else(|| panic!("pod-a did not finish its drain:\n{}", a.output()));
+    let relapsed = observer.with(|s| {
+        s.history
+            .iter()
+            .filter(|(t, _, l)| *t >= took_over && l.iter().any(|p| p == "pod-a"))
+            .count()
+    });
+    assert_eq!(
+        relapsed,
+        0,
+        "pod-a claimed leadership back:\n{}",
+        a.output()
+    );
+    assert_eq!(observer.leader().as_deref(), Some("pod-b"));
 }
 
 /// Path 5: the Lease deleted, or rewritten to name a running follower, by hand, just

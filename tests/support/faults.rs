@@ -58,7 +58,13 @@ pub enum Kind {
     PodWrite,
     /// GET on pods that is not a watch.
     PodRead,
-    /// Any watch (`watch=true` or `watch=1` in the query, or the legacy `/watch/` path).
+    /// A watch on leases (`watch=true` or `watch=1` in the query, or the legacy
+    /// `/watch/` path).
+    LeaseWatch,
+    /// A watch on pods.
+    PodWatch,
+    /// Any watch: faults and counts for `Watch` apply to every watch, `LeaseWatch` and
+    /// `PodWatch` included (a fault set for the specific kind comes first).
     Watch,
     /// Everything else (`/readyz`, other resources, POST/DELETE on pods, ...).
     Other,
@@ -132,7 +138,27 @@ impl Record {
     }
 }
 
+/// The persistent fault for a request of `kind`: its own, else the one for every watch.
+fn persistent(st: &State, kind: Kind) -> Option<Fault> {
+    st.persistent.get(&kind).copied().or_else(|| {
+        kind.is_watch()
+            .then(|| st.persistent.get(&Kind::Watch).copied())
+            .flatten()
+    })
+}
+
 /// The kind of a request from its method and target (path with query).
+impl Kind {
+    fn is_watch(self) -> bool {
+        matches!(self, Kind::Watch | Kind::LeaseWatch | Kind::PodWatch)
+    }
+
+    /// Whether a request of kind `self` is one of `of` (a specific watch is a `Watch`).
+    pub fn is(self, of: Kind) -> bool {
+        self == of || (of == Kind::Watch && self.is_watch())
+    }
+}
+
 pub fn classify(method: &str, target: &str) -> Kind {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let watch_param = query
@@ -155,14 +181,18 @@ pub fn classify(method: &str, target: &str) -> Kind {
         Some(&"watch") => (true, &rest[1..]),
         _ => (false, rest),
     };
-    if watch_param || legacy_watch {
-        return Kind::Watch;
-    }
     let resource = match rest {
         ["namespaces", _, resource, ..] => *resource,
         [resource, ..] => *resource,
         [] => "",
     };
+    if watch_param || legacy_watch {
+        return match resource {
+            "leases" => Kind::LeaseWatch,
+            "pods" => Kind::PodWatch,
+            _ => Kind::Watch,
+        };
+    }
     let method = method.to_ascii_uppercase();
     match (resource, method.as_str()) {
         ("leases", "POST" | "PUT" | "PATCH" | "DELETE") => Kind::LeaseWrite,
@@ -325,7 +355,7 @@ impl FaultProxy {
         what: &str,
         pred: impl Fn(&Record) -> bool,
     ) -> Record {
-        let found = |st: &State| st.log.iter().find(|r| r.kind == kind && pred(r)).cloned();
+        let found = |st: &State| st.log.iter().find(|r| r.kind.is(kind) && pred(r)).cloned();
         let st = self.wait_state(timeout, what, |st| found(st).is_some());
         found(&st).unwrap()
     }
@@ -401,10 +431,16 @@ impl Shared {
     fn arrive(&self, kind: Kind, method: &str, path: &str) -> (usize, Option<Fault>, Source) {
         let mut st = self.lock();
         *st.counts.entry(kind).or_default() += 1;
-        let queued = st.once.get_mut(&kind).and_then(VecDeque::pop_front);
+        if kind != Kind::Watch && kind.is_watch() {
+            *st.counts.entry(Kind::Watch).or_default() += 1;
+        }
+        let mut queued = st.once.get_mut(&kind).and_then(VecDeque::pop_front);
+        if queued.is_none() && kind.is_watch() {
+            queued = st.once.get_mut(&Kind::Watch).and_then(VecDeque::pop_front);
+        }
         let (fault, source) = match queued {
             Some(f) => (Some(f), Source::Once(st.generation)),
-            None => (st.persistent.get(&kind).copied(), Source::Persistent),
+            None => (persistent(&st, kind), Source::Persistent),
         };
         let seq = st.log.len();
         st.log.push(Record {
@@ -436,7 +472,7 @@ impl Shared {
         match source {
             Source::Once(g) if g == st.generation => fault,
             Source::Once(_) => None,
-            Source::Persistent => st.persistent.get(&kind).copied(),
+            Source::Persistent => persistent(st, kind),
         }
     }
 
@@ -978,7 +1014,7 @@ fn handle<'a>(
         r.forwarded = true;
         r.status = Some(head.status);
     });
-    let streaming = kind == Kind::Watch
+    let streaming = kind.is_watch()
         && head.status == 200
         && matches!(head.framing, Framing::Chunked | Framing::UntilClose);
     if streaming {
