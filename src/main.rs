@@ -11,6 +11,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The longest a watch may stay silent before it is taken for a dead connection (a
+/// half-open TCP connection, a stalled proxy). kube-apiserver's watch cache sends a
+/// bookmark to watchers that allow them about once a minute, so a live idle watch is
+/// never cut by this (tests/outage.rs `stalled_watch_is_found_and_idle_ones_are_kept`).
+const WATCH_SILENCE: Duration = Duration::from_secs(75);
+
 fn main() -> ExitCode {
     let raw = match cli::parse(std::env::args_os().skip(1).collect()) {
         Ok(Command::Help) => {
@@ -37,13 +43,15 @@ fn main() -> ExitCode {
     logging::init(cfg.verbosity);
     log::info!("{}", cli::version());
 
-    // A renewal must not hang past the renew deadline; a watch that is silent for longer
-    // than the server's own timeout is dead.
+    // A renewal must not hang past the renew deadline. A watch that is silent for longer
+    // than WATCH_SILENCE (or than the server's own timeout) is dead: kube-apiserver sends
+    // watchers that allow bookmarks one about every minute.
     let call_timeout =
         (cfg.renew_deadline / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let watch_idle_timeout = cfg
         .watch_timeout
-        .map_or(Duration::from_secs(3900), |t| t + Duration::from_secs(30));
+        .map_or(WATCH_SILENCE, |t| t + Duration::from_secs(30))
+        .min(WATCH_SILENCE);
     let telemetry = Arc::new(Telemetry::new(&cfg.pod_name, cfg.renew_deadline));
     let client = match Client::new(
         &cfg.connection,

@@ -1,15 +1,18 @@
 //! Sensor threads: they watch the world and send what they see to the controller. They
 //! own no state and make no decisions.
 //!
-//! - the Lease: a single-object watch, so a released lease is seen within milliseconds;
-//!   if the watch is forbidden or keeps failing, polling every retry period instead;
+//! - the Lease: a single-object watch, so a released lease is seen within milliseconds.
+//!   Polling is a fallback, not a destination: only a watch the server refuses (403,
+//!   405) is replaced by polling every retry period, and the watch is tried again every
+//!   few minutes; any other failure backs off and returns to the watch. It also reports
+//!   whether the API server answers (`Observation::LeaseContact`);
 //! - the labeled pods (the leadership key exists): readiness, deletion and labels of
 //!   this pod and of every other participant;
 //! - SIGTERM and SIGINT.
 
 use crate::backoff::Streak;
 use crate::config::Config;
-use crate::core::Observation;
+use crate::core::{Contact, Observation};
 use crate::kube::types::{Lease, Pod};
 use crate::kube::watch::{self, Stopped, Target, Update};
 use crate::kube::{encode_query, Client, KubeError};
@@ -17,8 +20,47 @@ use std::sync::mpsc::Sender;
 use std::thread;
 use std::time::Duration;
 
-/// Consecutive watch failures before the lease sensor falls back to polling.
-const WATCH_FAILURES_BEFORE_POLLING: u32 = 5;
+/// While polling because the watch is refused, how often the watch is tried again (the
+/// Role may have been fixed).
+const WATCH_RETRY_WHILE_POLLING: Duration = Duration::from_secs(300);
+
+/// Whether the server refuses to watch (so polling is the only way): 403 or 405.
+/// Anything else is worth retrying as a watch.
+pub fn watch_refused(e: &KubeError) -> bool {
+    matches!(
+        e,
+        KubeError::Forbidden(_) | KubeError::Status { code: 405, .. }
+    )
+}
+
+/// Turns successes and failures into contact changes: one `Lost` at the start of a
+/// failure streak, one `Restored` at its end.
+#[derive(Debug)]
+pub struct ContactTracker {
+    lost: bool,
+}
+
+impl ContactTracker {
+    pub fn new() -> Self {
+        ContactTracker { lost: false }
+    }
+
+    /// `ok`: the API server answered. Returns the change to report, if any.
+    pub fn update(&mut self, ok: bool) -> Option<Contact> {
+        if ok == self.lost {
+            self.lost = !ok;
+            Some(if ok { Contact::Restored } else { Contact::Lost })
+        } else {
+            None
+        }
+    }
+}
+
+impl Default for ContactTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 pub fn leases_path(cfg: &Config) -> String {
     format!(
@@ -58,44 +100,76 @@ pub fn start_lease_sensor(
     let get_path = format!("{}/{}", leases_path(cfg), cfg.election_name);
     let retry = cfg.retry_period;
     spawn("lease-watch", move || {
-        let sink = |u: Update<Lease>| {
-            let obs = match u {
-                Update::Listed(mut items) => Observation::Lease(items.pop()),
-                Update::Changed(l) => Observation::Lease(Some(l)),
-                Update::Deleted(_) => Observation::Lease(None),
+        let mut contact = ContactTracker::new();
+        let mut polled_before = false;
+        loop {
+            let sink = |u: Update<Lease>| {
+                let obs = match u {
+                    Update::Listed(mut items) => Observation::Lease(items.pop()),
+                    Update::Changed(l) => Observation::Lease(Some(l)),
+                    Update::Deleted(_) => Observation::Lease(None),
+                    Update::Connected => match contact.update(true) {
+                        Some(c) => Observation::LeaseContact(c),
+                        None => return true,
+                    },
+                    Update::Failed => match contact.update(false) {
+                        Some(c) => Observation::LeaseContact(c),
+                        None => return true,
+                    },
+                };
+                tx.send(obs).is_ok()
             };
-            tx.send(obs).is_ok()
-        };
-        let give_up = |failures: u32, e: &KubeError| {
-            matches!(e, KubeError::Forbidden(_)) || failures >= WATCH_FAILURES_BEFORE_POLLING
-        };
-        match watch::run(&client, &target, sink, give_up) {
-            Stopped::ByOwner => {}
-            Stopped::GaveUp(e) => {
-                log::warn!(
-                    "cannot watch the Lease ({e}); polling it every {} instead",
-                    crate::config::format_duration(retry)
-                );
-                poll_lease(&client, &get_path, retry, &tx);
+            match watch::run(&client, &target, sink, |_, e| watch_refused(e)) {
+                Stopped::ByOwner => return,
+                Stopped::GaveUp(e) => {
+                    if !polled_before {
+                        log::warn!(
+                            "cannot watch the Lease ({e}); polling it every {} instead, and trying the watch again every {}",
+                            crate::config::format_duration(retry),
+                            crate::config::format_duration(WATCH_RETRY_WHILE_POLLING)
+                        );
+                        polled_before = true;
+                    }
+                    if !poll_lease(&client, &get_path, retry, &tx, &mut contact) {
+                        return;
+                    }
+                }
             }
         }
     })
 }
 
-fn poll_lease(client: &Client, path: &str, every: Duration, tx: &Sender<Observation>) {
+/// Polls the Lease every `every` for `WATCH_RETRY_WHILE_POLLING`; false when the
+/// controller has gone.
+fn poll_lease(
+    client: &Client,
+    path: &str,
+    every: Duration,
+    tx: &Sender<Observation>,
+    contact: &mut ContactTracker,
+) -> bool {
     let mut streak = Streak::new("Lease poll");
-    loop {
-        match client.get_lease(path) {
+    let until = std::time::Instant::now() + WATCH_RETRY_WHILE_POLLING;
+    while std::time::Instant::now() < until {
+        let (ok, obs) = match client.get_lease(path) {
             Ok(lease) => {
                 streak.succeeded();
-                if tx.send(Observation::Lease(lease)).is_err() {
-                    return;
-                }
+                (true, Some(Observation::Lease(lease)))
             }
-            Err(e) => streak.failed(&e),
+            Err(e) => {
+                streak.failed(&e);
+                (!e.is_transient(), None)
+            }
+        };
+        let change = contact.update(ok).map(Observation::LeaseContact);
+        for o in change.into_iter().chain(obs) {
+            if tx.send(o).is_err() {
+                return false;
+            }
         }
         thread::sleep(every);
     }
+    true
 }
 
 pub fn start_pod_sensor(
@@ -115,6 +189,7 @@ pub fn start_pod_sensor(
                 Update::Listed(items) => Observation::PodsListed(items),
                 Update::Changed(p) => Observation::PodChanged(p),
                 Update::Deleted(p) => Observation::PodGone(p),
+                Update::Connected | Update::Failed => return true,
             };
             tx.send(obs).is_ok()
         };
@@ -136,4 +211,41 @@ pub fn start_signal_sensor(tx: Sender<Observation>) -> std::io::Result<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_watch_means_polling() {
+        assert!(watch_refused(&KubeError::Forbidden("no".into())));
+        assert!(watch_refused(&KubeError::Status {
+            code: 405,
+            message: "method not allowed".into()
+        }));
+        for transient in [
+            KubeError::Transport("refused".into()),
+            KubeError::Status {
+                code: 503,
+                message: "etcd".into(),
+            },
+            KubeError::Status {
+                code: 429,
+                message: "slow down".into(),
+            },
+        ] {
+            assert!(!watch_refused(&transient), "{transient:?}");
+        }
+    }
+
+    #[test]
+    fn contact_changes_are_reported_once_per_streak() {
+        let mut c = ContactTracker::new();
+        assert_eq!(c.update(true), None, "in contact from the start");
+        assert_eq!(c.update(false), Some(Contact::Lost));
+        assert_eq!(c.update(false), None);
+        assert_eq!(c.update(true), Some(Contact::Restored));
+        assert_eq!(c.update(true), None);
+    }
 }

@@ -3,7 +3,13 @@
 //! A watch resumes from the last resourceVersion it saw. "Too old" arrives either as HTTP
 //! 410 or as an in-stream ERROR event with code 410 on a 200 response; both lead to a
 //! fresh list. A stream ended by the server (timeoutSeconds, --min-request-timeout) is
-//! simply reopened.
+//! simply reopened, after a back-off if it ended at once without delivering anything (a
+//! proxy or server that closes every watch must not be hammered). A stream silent for
+//! longer than the client's read deadline is dead (kube-apiserver sends a bookmark about
+//! once a minute to watchers that allow them) and is reopened too.
+//!
+//! The owner also learns whether the API server answers (`Update::Connected`,
+//! `Update::Failed`), so silence it could not hear is not taken for a dead holder.
 
 use super::types::{Lease, Pod, WatchEvent};
 use super::{encode_query, Client, KubeError};
@@ -19,6 +25,20 @@ pub enum Update<T> {
     Listed(Vec<T>),
     Changed(T),
     Deleted(T),
+    /// A list answered, or a watch answered 200 and streams: in contact.
+    Connected,
+    /// A list or watch failed (unreachable, timeout, 5xx, a broken stream): out of
+    /// contact until the next `Connected`.
+    Failed,
+}
+
+/// A watch that ends this soon after it opened, having delivered nothing, is backed off
+/// like a failure.
+const CLOSED_AT_ONCE: Duration = Duration::from_secs(1);
+
+/// Whether a stream that ended after `lasted`, having delivered `events`, ended at once.
+pub fn closed_at_once(lasted: Duration, events: usize) -> bool {
+    events == 0 && lasted < CLOSED_AT_ONCE
 }
 
 /// Objects that carry a resourceVersion.
@@ -101,26 +121,36 @@ pub fn run<T: Versioned>(
             None => {
                 list(client, &format!("{}?{}", target.path, target.selector)).map(|(items, rv)| {
                     version = Some(rv);
-                    sink(Update::Listed(items))
+                    (
+                        sink(Update::Connected) && sink(Update::Listed(items)),
+                        false,
+                    )
                 })
             }
-            Some(rv) => watch(client, target, rv, &mut sink).map(|(latest, go_on)| {
+            Some(rv) => watch(client, target, rv, &mut sink).map(|(latest, go_on, at_once)| {
                 version = latest;
-                go_on
+                (go_on, at_once)
             }),
         };
         match step {
-            Ok(true) => {
+            Ok((true, false)) => {
                 streak.succeeded();
                 backoff.reset();
             }
-            Ok(false) => return Stopped::ByOwner,
+            Ok((true, true)) => {
+                log::debug!("{}: closed at once; backing off", target.what);
+                std::thread::sleep(backoff.next_delay());
+            }
+            Ok((false, _)) => return Stopped::ByOwner,
             Err(KubeError::Gone(_)) => {
                 log::debug!("{}: resourceVersion expired, listing again", target.what);
                 version = None;
             }
             Err(e) => {
                 streak.failed(&e);
+                if e.is_transient() && !sink(Update::Failed) {
+                    return Stopped::ByOwner;
+                }
                 if give_up(streak.failures(), &e) {
                     return Stopped::GaveUp(e);
                 }
@@ -150,14 +180,14 @@ pub fn list<T: Versioned>(
     Ok((items, rv))
 }
 
-/// Streams one watch. Returns the resourceVersion to resume from (None: list again) and
-/// whether the owner wants more.
+/// Streams one watch. Returns the resourceVersion to resume from (None: list again),
+/// whether the owner wants more, and whether the stream ended at once.
 fn watch<T: Versioned>(
     client: &Client,
     target: &Target,
     from: &str,
     sink: &mut impl FnMut(Update<T>) -> bool,
-) -> Result<(Option<String>, bool), KubeError> {
+) -> Result<(Option<String>, bool, bool), KubeError> {
     let mut query = format!(
         "{}?{}&watch=true&allowWatchBookmarks=true&resourceVersion={}",
         target.path,
@@ -168,14 +198,22 @@ fn watch<T: Versioned>(
         query += &format!("&timeoutSeconds={}", t.as_secs().max(1));
     }
     let body = client.stream(&query)?;
+    let opened = std::time::Instant::now();
+    if !sink(Update::Connected) {
+        return Ok((Some(from.to_string()), false, false));
+    }
     let mut reader = BufReader::new(body);
     let mut version = from.to_string();
     let mut line = String::new();
+    let mut events = 0;
     loop {
         line.clear();
         match reader.read_line(&mut line) {
             // The server closed the stream: resume from where we are.
-            Ok(0) => return Ok((Some(version), true)),
+            Ok(0) => {
+                let at_once = closed_at_once(opened.elapsed(), events);
+                return Ok((Some(version), true, at_once));
+            }
             Ok(_) => {}
             Err(e) => {
                 // An idle timeout is a normal end: nothing changed, reopen from `version`.
@@ -185,7 +223,7 @@ fn watch<T: Versioned>(
                     .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
                 log::debug!("{}: stream ended: {e}", target.what);
                 return if idle || version != from {
-                    Ok((Some(version), true))
+                    Ok((Some(version), true, false))
                 } else {
                     Err(KubeError::Transport(format!("{} stream: {e}", target.what)))
                 };
@@ -195,6 +233,7 @@ fn watch<T: Versioned>(
         if text.is_empty() {
             continue;
         }
+        events += 1;
         if client.traces_bodies() {
             log::info!(target: "api::body", "< {text}");
         }
@@ -225,7 +264,19 @@ fn watch<T: Versioned>(
             }
         };
         if !go_on {
-            return Ok((Some(version), false));
+            return Ok((Some(version), false, false));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_that_ends_at_once_without_events_is_backed_off() {
+        assert!(closed_at_once(Duration::from_millis(5), 0));
+        assert!(!closed_at_once(Duration::from_millis(5), 1), "it delivered");
+        assert!(!closed_at_once(Duration::from_secs(300), 0), "a normal end");
     }
 }
