@@ -20,17 +20,41 @@ use std::sync::mpsc::Sender;
 use std::thread;
 use std::time::Duration;
 
-/// While polling because the watch is refused, how often the watch is tried again (the
-/// Role may have been fixed).
-const WATCH_RETRY_WHILE_POLLING: Duration = Duration::from_secs(300);
+/// While polling because the watch is refused, how soon the watch is tried again (the
+/// Role may have been fixed): the first time soon, then every few minutes.
+const WATCH_RETRY_WHILE_POLLING: [Duration; 2] =
+    [Duration::from_secs(30), Duration::from_secs(300)];
 
-/// Whether the server refuses to watch (so polling is the only way): 403 or 405.
-/// Anything else is worth retrying as a watch.
-pub fn watch_refused(e: &KubeError) -> bool {
+/// Refusals in a row before polling: a kube-apiserver that is starting answers 403 until
+/// its RBAC cache has synced, which says nothing about the Role.
+const REFUSALS_BEFORE_POLLING: u32 = 4;
+
+/// Whether the server refuses to watch: 403 or 405. Anything else is worth retrying as
+/// a watch.
+pub fn refusal(e: &KubeError) -> bool {
     matches!(
         e,
         KubeError::Forbidden(_) | KubeError::Status { code: 405, .. }
     )
+}
+
+/// Counts refusals in a row (any other outcome ends the run) and says when polling is
+/// the only way left.
+#[derive(Debug, Default)]
+pub struct Refusals(std::cell::Cell<u32>);
+
+impl Refusals {
+    /// After a failure: whether to give up watching.
+    pub fn failed(&self, e: &KubeError) -> bool {
+        let n = if refusal(e) { self.0.get() + 1 } else { 0 };
+        self.0.set(n);
+        n >= REFUSALS_BEFORE_POLLING
+    }
+
+    /// After an answer.
+    pub fn answered(&self) {
+        self.0.set(0);
+    }
 }
 
 /// Turns successes and failures into contact changes: one `Lost` at the start of a
@@ -101,17 +125,21 @@ pub fn start_lease_sensor(
     let retry = cfg.retry_period;
     spawn("lease-watch", move || {
         let mut contact = ContactTracker::new();
-        let mut polled_before = false;
+        let mut polled = 0;
+        let refusals = Refusals::default();
         loop {
             let sink = |u: Update<Lease>| {
                 let obs = match u {
                     Update::Listed(mut items) => Observation::Lease(items.pop()),
                     Update::Changed(l) => Observation::Lease(Some(l)),
                     Update::Deleted(_) => Observation::Lease(None),
-                    Update::Connected => match contact.update(true) {
-                        Some(c) => Observation::LeaseContact(c),
-                        None => return true,
-                    },
+                    Update::Connected => {
+                        refusals.answered();
+                        match contact.update(true) {
+                            Some(c) => Observation::LeaseContact(c),
+                            None => return true,
+                        }
+                    }
                     Update::Failed => match contact.update(false) {
                         Some(c) => Observation::LeaseContact(c),
                         None => return true,
@@ -119,18 +147,19 @@ pub fn start_lease_sensor(
                 };
                 tx.send(obs).is_ok()
             };
-            match watch::run(&client, &target, sink, |_, e| watch_refused(e)) {
+            match watch::run(&client, &target, sink, |_, e| refusals.failed(e)) {
                 Stopped::ByOwner => return,
                 Stopped::GaveUp(e) => {
-                    if !polled_before {
+                    let every = WATCH_RETRY_WHILE_POLLING[polled.min(1)];
+                    if polled == 0 {
                         log::warn!(
                             "cannot watch the Lease ({e}); polling it every {} instead, and trying the watch again every {}",
                             crate::config::format_duration(retry),
-                            crate::config::format_duration(WATCH_RETRY_WHILE_POLLING)
+                            crate::config::format_duration(WATCH_RETRY_WHILE_POLLING[1])
                         );
-                        polled_before = true;
                     }
-                    if !poll_lease(&client, &get_path, retry, &tx, &mut contact) {
+                    polled += 1;
+                    if !poll_lease(&client, &get_path, retry, every, &tx, &mut contact) {
                         return;
                     }
                 }
@@ -139,17 +168,17 @@ pub fn start_lease_sensor(
     })
 }
 
-/// Polls the Lease every `every` for `WATCH_RETRY_WHILE_POLLING`; false when the
-/// controller has gone.
+/// Polls the Lease every `every` for `span`; false when the controller has gone.
 fn poll_lease(
     client: &Client,
     path: &str,
     every: Duration,
+    span: Duration,
     tx: &Sender<Observation>,
     contact: &mut ContactTracker,
 ) -> bool {
     let mut streak = Streak::new("Lease poll");
-    let until = std::time::Instant::now() + WATCH_RETRY_WHILE_POLLING;
+    let until = std::time::Instant::now() + span;
     while std::time::Instant::now() < until {
         let (ok, obs) = match client.get_lease(path) {
             Ok(lease) => {
@@ -218,9 +247,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_refused_watch_means_polling() {
-        assert!(watch_refused(&KubeError::Forbidden("no".into())));
-        assert!(watch_refused(&KubeError::Status {
+    fn only_refusals_in_a_row_mean_polling() {
+        let forbidden = KubeError::Forbidden("no".into());
+        let refused = Refusals::default();
+        let down = KubeError::Transport("refused".into());
+        // An outage, then a kube-apiserver that answers 403 while it starts.
+        for _ in 0..10 {
+            assert!(!refused.failed(&down));
+        }
+        for _ in 1..REFUSALS_BEFORE_POLLING {
+            assert!(!refused.failed(&forbidden));
+        }
+        refused.answered();
+        for _ in 1..REFUSALS_BEFORE_POLLING {
+            assert!(!refused.failed(&forbidden), "an answer ends the run");
+        }
+        assert!(refused.failed(&forbidden), "a Role without watch");
+        assert!(refusal(&KubeError::Status {
             code: 405,
             message: "method not allowed".into()
         }));
@@ -235,7 +278,7 @@ mod tests {
                 message: "slow down".into(),
             },
         ] {
-            assert!(!watch_refused(&transient), "{transient:?}");
+            assert!(!refusal(&transient), "{transient:?}");
         }
     }
 

@@ -395,10 +395,10 @@ impl Core {
                 if self.is_leader() {
                     self.step_down("the Lease was deleted while we led".into());
                 }
-                if let LeaseView::Present(prev) = &self.lease {
-                    self.note_rival(&prev.clone(), None);
+                let prev = std::mem::replace(&mut self.lease, LeaseView::Absent);
+                if let LeaseView::Present(prev) = prev {
+                    self.note_rival(&prev, None);
                 }
-                self.lease = LeaseView::Absent;
             }
             Some(l) => {
                 let prev = match &self.lease {
@@ -965,7 +965,9 @@ impl Core {
             format!(" {pod}")
         };
         match e {
-            KubeError::Forbidden(m) if !self.forbidden_logged => {
+            // Not while out of contact: a kube-apiserver that is starting answers 403
+            // until its RBAC cache has synced.
+            KubeError::Forbidden(m) if !self.forbidden_logged && self.contact_lost.is_none() => {
                 self.forbidden_logged = true;
                 log::error!("cannot {what}{target}: {m}. Check the Role (deploy/rbac.yaml).");
             }

@@ -31,6 +31,7 @@
 //! What this does not cover is in docs/design.md ("Fault model").
 
 use super::*;
+use crate::kube::types::LeaseRecord;
 
 impl Core {
     /// A record naming `prev`'s holder was replaced. If the holder did not release it
@@ -38,11 +39,7 @@ impl Core {
     /// renew deadline, which ends before its record's observed expiry (renew deadline <
     /// lease duration): a takeover that did not wait out the lease waits that long before
     /// writing labels. After a normal expiry this moment has already passed.
-    pub(super) fn note_rival(
-        &mut self,
-        prev: &Observed,
-        next: Option<&crate::kube::types::LeaseRecord>,
-    ) {
+    pub(super) fn note_rival(&mut self, prev: &Observed, next: Option<&LeaseRecord>) {
         let holder = prev.holder();
         if holder.is_empty() || holder == self.s.me {
             return;

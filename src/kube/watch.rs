@@ -111,7 +111,7 @@ pub fn run<T: Versioned>(
     client: &Client,
     target: &Target,
     mut sink: impl FnMut(Update<T>) -> bool,
-    give_up: impl Fn(u32, &KubeError) -> bool,
+    mut give_up: impl FnMut(u32, &KubeError) -> bool,
 ) -> Stopped {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(4));
     let mut streak = Streak::new(target.what);
