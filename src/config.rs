@@ -5,7 +5,7 @@
 //! identity. The rest of the program never sees raw strings and has no config error paths.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where the service-account files live inside a pod.
@@ -119,10 +119,30 @@ pub struct Environment {
     pub var: Lookup,
     /// Reads a small file (namespace, hostname); None when absent.
     pub read_file: Lookup,
+    /// Whether a file the sidecar will read later (token, CA) is there and readable: Ok,
+    /// or the rule it breaks (`does not exist`, `is a directory, not a file`, ...).
+    pub check_readable: FileCheck,
 }
 
 /// A name-to-value lookup (environment variable or file path).
 pub type Lookup = Box<dyn Fn(&str) -> Option<String>>;
+
+/// A check of one file path: Ok, or what is wrong with it.
+pub type FileCheck = Box<dyn Fn(&Path) -> Result<(), String>>;
+
+/// Ok when `path` is a file this process can open for reading; otherwise why not.
+pub fn check_readable_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => format!("cannot be read: {e}"),
+    })?;
+    if meta.is_dir() {
+        return Err("is a directory, not a file".into());
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot be read: {e}"))
+}
 
 impl Environment {
     /// The real process environment and filesystem.
@@ -130,6 +150,7 @@ impl Environment {
         Environment {
             var: Box::new(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
             read_file: Box::new(|p| std::fs::read_to_string(p).ok()),
+            check_readable: Box::new(check_readable_file),
         }
     }
 }
@@ -348,25 +369,44 @@ fn connection(
             "must be scheme://host[:port] without a path",
         ));
     }
-    let sa = |f: &str| Some(format!("{SERVICE_ACCOUNT_DIR}/{f}"));
+    // Each file with whether it is the in-cluster default (the flag was not given).
+    let sa = |f: &str| Some((format!("{SERVICE_ACCOUNT_DIR}/{f}"), true));
     let token_file = match token_file {
         Some(t) if t.is_empty() => None,
-        Some(t) => Some(t),
+        Some(t) => Some((t, false)),
         None if in_cluster => sa("token"),
         None => None,
     };
     let ca_file = match ca_file {
-        Some(c) => Some(c),
+        Some(c) => Some((c, false)),
         None if is_https => sa("ca.crt"),
         None => None,
     };
-    if !is_https && ca_file.is_some() {
+    if let (false, Some((c, _))) = (is_https, &ca_file) {
         return Err(ConfigError::new(
             "--ca-file",
-            ca_file.unwrap_or_default(),
+            c,
             "only applies to an https:// --server",
         ));
     }
+    // Both are read only once the sidecar runs (the token again at every rotation): a
+    // path that cannot work is a bad value, reported now like any other.
+    for (flag, file) in [("--token-file", &token_file), ("--ca-file", &ca_file)] {
+        if let Some((path, default)) = file {
+            (env.check_readable)(Path::new(path)).map_err(|rule| {
+                let rule = if *default {
+                    format!(
+                        "{rule} ({flag} not given: this is the in-cluster default, from the \
+                         pod's service-account token mount; set {flag}, or mount the token)"
+                    )
+                } else {
+                    rule
+                };
+                ConfigError::new(flag, path, rule)
+            })?;
+        }
+    }
+    let (token_file, ca_file) = (token_file.map(|t| t.0), ca_file.map(|c| c.0));
     Ok(Connection {
         server,
         token_file: token_file.map(PathBuf::from),
@@ -520,6 +560,7 @@ mod tests {
         Environment {
             var: Box::new(move |k| vars.get(k).cloned()),
             read_file: Box::new(|_| None),
+            check_readable: Box::new(|_| Ok(())),
         }
     }
 
@@ -625,6 +666,7 @@ mod tests {
         let e = Environment {
             var: Box::new(|k| (k == "POD_NAME").then(|| "p".to_string())),
             read_file: Box::new(|p| p.ends_with("/namespace").then(|| "team-a\n".to_string())),
+            check_readable: Box::new(|_| Ok(())),
         };
         assert_eq!(Config::build(raw("x"), &e).unwrap().namespace, "team-a");
     }
@@ -722,6 +764,91 @@ mod tests {
         let mut r = raw("x");
         r.http_address = Some("localhost".into());
         assert!(err(r).starts_with("--http-address \"localhost\""));
+    }
+
+    /// An environment in which only the files in `present` exist, and `dir` is a folder.
+    fn files(present: &'static [&'static str], dir: &'static str) -> Environment {
+        let mut e = env(&[
+            ("POD_NAME", "a"),
+            ("POD_NAMESPACE", "b"),
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ]);
+        e.check_readable = Box::new(move |p: &Path| {
+            let p = p.to_str().unwrap();
+            if p == dir {
+                Err("is a directory, not a file".into())
+            } else if present.contains(&p) {
+                Ok(())
+            } else {
+                Err("does not exist".into())
+            }
+        });
+        e
+    }
+
+    #[test]
+    fn token_and_ca_files_must_be_readable() {
+        let mut r = raw("x");
+        r.ca_file = Some("/etc/ca.pem".into());
+        r.token_file = Some("/etc/token".into());
+        let both = files(&["/etc/ca.pem", "/etc/token"], "/etc");
+        assert!(Config::build(r.clone(), &both).is_ok());
+
+        let no_ca = files(&["/etc/token"], "/etc");
+        assert_eq!(
+            Config::build(r.clone(), &no_ca).unwrap_err().to_string(),
+            "--ca-file \"/etc/ca.pem\": does not exist"
+        );
+        let no_token = files(&["/etc/ca.pem"], "/etc");
+        assert_eq!(
+            Config::build(r.clone(), &no_token).unwrap_err().to_string(),
+            "--token-file \"/etc/token\": does not exist"
+        );
+        r.ca_file = Some("/etc".into());
+        assert_eq!(
+            Config::build(r, &both).unwrap_err().to_string(),
+            "--ca-file \"/etc\": is a directory, not a file"
+        );
+    }
+
+    #[test]
+    fn missing_in_cluster_defaults_name_the_default_path() {
+        let mut r = raw("x");
+        r.server = None;
+        let e = Config::build(r.clone(), &files(&[], "/")).unwrap_err();
+        assert_eq!(e.flag, "--token-file");
+        assert_eq!(e.value, format!("{SERVICE_ACCOUNT_DIR}/token"));
+        assert!(e.rule.starts_with("does not exist"), "{e}");
+        assert!(e.rule.contains("in-cluster default"), "{e}");
+
+        let only_token = files(
+            &["/var/run/secrets/kubernetes.io/serviceaccount/token"],
+            "/",
+        );
+        let e = Config::build(r, &only_token).unwrap_err();
+        assert_eq!(e.flag, "--ca-file");
+        assert_eq!(e.value, format!("{SERVICE_ACCOUNT_DIR}/ca.crt"));
+        assert!(e.rule.contains("in-cluster default"), "{e}");
+
+        // `--token-file=` (empty) turns auth off, so nothing is checked.
+        let mut r = raw("x");
+        r.server = Some("http://127.0.0.1:8001".into());
+        r.token_file = Some(String::new());
+        assert!(Config::build(r, &files(&[], "/")).is_ok());
+    }
+
+    #[test]
+    fn system_file_check() {
+        let dir = std::env::temp_dir();
+        assert_eq!(
+            check_readable_file(&dir),
+            Err("is a directory, not a file".into())
+        );
+        assert_eq!(
+            check_readable_file(&dir.join("leader-labeler-no-such-file")),
+            Err("does not exist".into())
+        );
+        assert_eq!(check_readable_file(Path::new("/proc/self/status")), Ok(()));
     }
 
     #[test]

@@ -81,13 +81,18 @@ pub fn needs(cfg: &Config) -> Vec<Need> {
             optional: Some("no Kubernetes events will be recorded"),
             ..Need::new("", "events", "create", None)
         },
+        // A repeated event bumps the count of the first one with a merge patch.
+        Need {
+            optional: Some("no Kubernetes events will be recorded"),
+            ..Need::new("", "events", "patch", None)
+        },
     ]
 }
 
 /// The verdict of the check.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Everything required is granted; `events` tells whether the optional one is.
+    /// Everything required is granted; `events` tells whether both `events` verbs are.
     AllGranted {
         events: bool,
     },
@@ -99,7 +104,7 @@ pub enum Verdict {
 /// Asks about every need. Transport errors are returned so the caller can retry.
 pub fn check(client: &Client, cfg: &Config) -> Result<Verdict, KubeError> {
     let mut missing = Vec::new();
-    let mut events = true;
+    let mut lost = Vec::new();
     for need in needs(cfg) {
         let mut attrs = json!({
             "namespace": cfg.namespace,
@@ -123,10 +128,7 @@ pub fn check(client: &Client, cfg: &Config) -> Result<Verdict, KubeError> {
                 let allowed = v.pointer("/status/allowed").and_then(Value::as_bool) == Some(true);
                 match (allowed, need.optional) {
                     (true, _) => {}
-                    (false, Some(loss)) => {
-                        events &= need.resource != "events";
-                        log::warn!("optional permission {} is missing: {loss}", need.label());
-                    }
+                    (false, Some(_)) => lost.push(need),
                     (false, None) => missing.push(need),
                 }
             }
@@ -137,11 +139,37 @@ pub fn check(client: &Client, cfg: &Config) -> Result<Verdict, KubeError> {
             Err(e) => return Ok(Verdict::Unknown(e.to_string())),
         }
     }
+    // Said once, after the last answer: a check retried after a transient error does
+    // not repeat it.
+    for warning in optional_warnings(&lost) {
+        log::warn!("{warning}");
+    }
+    let events = !lost.iter().any(|n| n.resource == "events");
     Ok(if missing.is_empty() {
         Verdict::AllGranted { events }
     } else {
         Verdict::Missing(missing)
     })
+}
+
+/// One warning per loss, naming every missing optional permission that causes it.
+pub fn optional_warnings(lost: &[Need]) -> Vec<String> {
+    let mut out: Vec<(&str, Vec<String>)> = Vec::new();
+    for need in lost {
+        let loss = need.optional.unwrap_or("");
+        match out.iter_mut().find(|(l, _)| *l == loss) {
+            Some((_, labels)) => labels.push(need.label()),
+            None => out.push((loss, vec![need.label()])),
+        }
+    }
+    out.into_iter()
+        .map(|(loss, labels)| {
+            format!(
+                "missing optional RBAC permission(s) {}: {loss}",
+                labels.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// The message for missing permissions: one line each, then the rules to add.
@@ -173,5 +201,129 @@ mod tests {
         let l = Need::new("coordination.k8s.io", "leases", "update", Some("my-app"));
         assert_eq!(l.label(), "leases.coordination.k8s.io/update");
         assert!(l.rule().ends_with("resourceNames: [\"my-app\"]}"));
+    }
+
+    fn cfg() -> Config {
+        let raw = crate::config::RawArgs {
+            election_name: Some("my-app".into()),
+            pod_name: Some("web-0".into()),
+            namespace: Some("prod".into()),
+            server: Some("http://127.0.0.1:8001".into()),
+            ..Default::default()
+        };
+        let env = crate::config::Environment {
+            var: Box::new(|_| None),
+            read_file: Box::new(|_| None),
+            check_readable: Box::new(|_| Ok(())),
+        };
+        Config::build(raw, &env).unwrap()
+    }
+
+    type Grants = std::collections::BTreeSet<(String, String)>;
+
+    /// (resource, verb) of every need.
+    fn checked() -> Grants {
+        needs(&cfg())
+            .iter()
+            .map(|n| (n.resource.to_string(), n.verb.to_string()))
+            .collect()
+    }
+
+    /// The items of a YAML flow list: `["a", "b"]` -> a, b.
+    fn flow_list(text: &str) -> Vec<String> {
+        text.trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// (resource, verb) of every rule of the Role in deploy/rbac.yaml.
+    fn granted_by_manifest() -> Grants {
+        let mut out = Grants::new();
+        let mut resources = Vec::new();
+        for line in include_str!("../deploy/rbac.yaml").lines() {
+            let line = line.trim().trim_start_matches("- ");
+            if let Some(list) = line.strip_prefix("resources:") {
+                resources = flow_list(list);
+            } else if let Some(list) = line.strip_prefix("verbs:") {
+                for r in &resources {
+                    for v in flow_list(list) {
+                        out.insert((r.clone(), v));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// (resource, verb) of every row of the README's RBAC table.
+    fn listed_in_readme() -> Grants {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## RBAC\n")
+            .nth(1)
+            .expect("README has ## RBAC");
+        let section = section.split("\n## ").next().unwrap();
+        let mut out = Grants::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let resource = cells[1].split('`').nth(1).unwrap().to_string();
+            for verb in cells[2].split('`').skip(1).step_by(2) {
+                out.insert((resource.clone(), verb.to_string()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn checks_every_verb_the_role_grants_and_the_readme_lists() {
+        let checked = checked();
+        let manifest = granted_by_manifest();
+        let readme = listed_in_readme();
+        assert!(manifest.len() >= 9, "parsed deploy/rbac.yaml: {manifest:?}");
+        assert_eq!(
+            manifest.difference(&checked).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "granted by deploy/rbac.yaml but not checked at start"
+        );
+        assert_eq!(
+            readme.difference(&checked).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "listed in the README but not checked at start"
+        );
+        assert_eq!(
+            checked.difference(&manifest).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "checked at start but not granted by deploy/rbac.yaml"
+        );
+    }
+
+    #[test]
+    fn one_warning_per_loss() {
+        let all = needs(&cfg());
+        let lost: Vec<Need> = all.into_iter().filter(|n| n.optional.is_some()).collect();
+        assert_eq!(
+            optional_warnings(&lost),
+            [
+                "missing optional RBAC permission(s) leases.coordination.k8s.io/list, \
+                 leases.coordination.k8s.io/watch: the Lease will be polled every retry \
+                 period instead of watched",
+                "missing optional RBAC permission(s) events/create, events/patch: no \
+                 Kubernetes events will be recorded",
+            ]
+        );
+        assert!(optional_warnings(&[]).is_empty());
+    }
+
+    #[test]
+    fn events_are_optional_and_nothing_else_is_but_the_lease_watch() {
+        for n in needs(&cfg()) {
+            let optional = n.resource == "events"
+                || (n.resource == "leases" && matches!(n.verb, "list" | "watch"));
+            assert_eq!(n.optional.is_some(), optional, "{}", n.label());
+        }
     }
 }

@@ -778,7 +778,9 @@ fn events_forbidden_warns_once_and_carries_on() {
     sidecars[li].wait_exit(secs(5)).expect("exits");
     let out = sidecars[li].output();
     assert!(
-        out.contains("optional permission events/create is missing"),
+        out.contains(
+            "missing optional RBAC permission(s) events/create, events/patch: no Kubernetes events"
+        ),
         "{out}"
     );
     let warnings = out.lines().filter(|l| l.contains(" WARN ")).count();
@@ -815,7 +817,10 @@ fn forbidden_lease_watch_falls_back_to_polling() {
             s.pod
         );
         assert!(
-            out.contains("optional permission leases.coordination.k8s.io/watch is missing"),
+            out.contains(
+                "missing optional RBAC permission(s) leases.coordination.k8s.io/list, \
+                 leases.coordination.k8s.io/watch: the Lease will be polled"
+            ),
             "{out}"
         );
     }
