@@ -117,7 +117,10 @@ pub fn run(cfg: &Config, client: Client, telemetry: Arc<Telemetry>) -> Result<Ex
                 return Ok(how);
             }
             let started = std::time::Instant::now();
-            let outcome = exec.execute(&action);
+            let outcome = match core.call_deadline(started) {
+                Some(by) => exec.execute(&exec.client.bounded(by - started), &action),
+                None => exec.execute(&exec.client, &action),
+            };
             report.last_action = started.elapsed();
             core.complete(outcome, Now::system());
             // Fold in what the sensors saw meanwhile before deciding again.
@@ -260,7 +263,10 @@ fn patiently<T>(
             }
             Err(e) if e.is_transient() => {
                 streak.failed(&e);
-                if let Ok(Observation::Signal) = rx.recv_timeout(backoff.next_delay()) {
+                let pause = backoff
+                    .next_delay()
+                    .max(e.retry_after().unwrap_or_default());
+                if let Ok(Observation::Signal) = rx.recv_timeout(pause) {
                     return Ok(None);
                 }
             }
@@ -335,7 +341,7 @@ impl Executor<'_> {
         )
     }
 
-    fn execute(&self, action: &Action) -> Outcome {
+    fn execute(&self, client: &Client, action: &Action) -> Outcome {
         let lease = |r: Result<Value, KubeError>| {
             Outcome::Lease(
                 r.and_then(|v| Lease::from_json(&v).map(Some).map_err(KubeError::Decode)),
@@ -346,27 +352,25 @@ impl Executor<'_> {
         };
         let (name, ns) = (&self.cfg.election_name, &self.cfg.namespace);
         match action {
-            Action::CreateLease(record) => lease(self.client.post(
+            Action::CreateLease(record) => lease(client.post(
                 &sensors::leases_path(self.cfg),
                 &lease_body(name, ns, None, record),
             )),
-            Action::UpdateLease { base, record } => lease(self.client.put(
+            Action::UpdateLease { base, record } => lease(client.put(
                 &self.lease_path(),
                 &lease_body(name, ns, Some(base), record),
             )),
-            Action::GetLease => Outcome::Lease(self.client.get_lease(&self.lease_path())),
-            Action::Patch(p) => pod(self.client.merge_patch(
+            Action::GetLease => Outcome::Lease(client.get_lease(&self.lease_path())),
+            Action::Patch(p) => pod(client.merge_patch(
                 &format!("{}/{}", sensors::pods_path(self.cfg), p.pod),
                 &p.body(),
             )),
             Action::GetPod(n) => {
-                pod(self
-                    .client
-                    .get(&format!("{}/{}", sensors::pods_path(self.cfg), n)))
+                pod(client.get(&format!("{}/{}", sensors::pods_path(self.cfg), n)))
             }
             Action::ListPods => Outcome::Pods(
                 watch::list(
-                    &self.client,
+                    client,
                     &format!(
                         "{}?{}",
                         sensors::pods_path(self.cfg),

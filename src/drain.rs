@@ -33,14 +33,23 @@ pub fn margin(grace: Duration) -> Duration {
         .min(grace / 2)
 }
 
+/// Grace periods are taken at their word up to a year (the API allows up to i64::MAX
+/// seconds, which no clock can add).
+const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Even without any grace (a force deletion) the release is sent, with this long for it:
+/// the kubelet gives a container at least two seconds after SIGTERM.
+const LAST_WORD: Duration = Duration::from_secs(1);
+
 impl Drain {
     pub fn start(cause: Cause, now: Instant, grace: Duration) -> Drain {
+        let grace = grace.min(MAX_GRACE);
         let m = margin(grace);
         Drain {
             cause,
             started: now,
             deadline: now + grace - m,
-            give_up: now + grace - m / 4,
+            give_up: now + (grace - m / 4).max(LAST_WORD),
             signals: u32::from(cause == Cause::Signal),
         }
     }

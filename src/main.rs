@@ -74,7 +74,9 @@ fn main() -> ExitCode {
             log::info!("done");
             ExitCode::SUCCESS
         }
-        Ok(Exit::Incomplete) => ExitCode::SUCCESS,
+        // Logged by the core: the API server did not answer in time, so followers may
+        // wait out the lease. Not a clean shutdown.
+        Ok(Exit::Incomplete) => ExitCode::from(1),
         // Logged by the core; the old pod is gone, so is its container.
         Ok(Exit::Replaced) => ExitCode::from(1),
         Err(e) => {

@@ -180,6 +180,7 @@ fn poll_lease(
     let mut streak = Streak::new("Lease poll");
     let until = std::time::Instant::now() + span;
     while std::time::Instant::now() < until {
+        let mut pause = every;
         let (ok, obs) = match client.get_lease(path) {
             Ok(lease) => {
                 streak.succeeded();
@@ -187,6 +188,7 @@ fn poll_lease(
             }
             Err(e) => {
                 streak.failed(&e);
+                pause = pause.max(e.retry_after().unwrap_or_default());
                 (!e.is_transient(), None)
             }
         };
@@ -196,7 +198,7 @@ fn poll_lease(
                 return false;
             }
         }
-        thread::sleep(every);
+        thread::sleep(pause);
     }
     true
 }

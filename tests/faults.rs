@@ -366,3 +366,132 @@ fn next_renewal(ns: &Namespace, holder: &str) -> Value {
     }
     found.unwrap()
 }
+
+/// Issue 12: a slow API server cannot hold a drain past the grace period. Every write
+/// hangs for 8 s; with the production timings one call may take 5 s, more than the
+/// whole 3 s grace. The sidecar must still be gone before the kubelet's SIGKILL would
+/// come, and say by its exit code that the drain did not complete.
+#[test]
+fn drain_under_a_hung_api_server_ends_within_the_grace_period() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "slow-drain");
+    ns.create_pod_with_grace("pod-a", true, 3);
+    let observer = Observer::start(&ns);
+    let proxy = FaultProxy::start(cluster);
+    let mut a = Sidecar::spawn_with(
+        &ns,
+        "pod-a",
+        SidecarOptions {
+            server: Some(proxy.url()),
+            extra: &[
+                "--lease-duration=15s",
+                "--renew-deadline=10s",
+                "--retry-period=2s",
+            ],
+        },
+    );
+    observer.wait_until(secs(15), "pod-a leads", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    proxy.set(Kind::LeaseWrite, Some(Fault::Delay(secs(8))));
+    proxy.set(Kind::PodWrite, Some(Fault::Delay(secs(8))));
+    let sent = Instant::now();
+    a.sigterm();
+    let status = a.wait_exit(secs(20)).expect("exits");
+    let took = sent.elapsed();
+    assert!(
+        took < secs(3),
+        "exited {took:?} after SIGTERM, past the 3 s grace period\n{}",
+        a.output()
+    );
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an incomplete drain is not a clean shutdown\n{}",
+        a.output()
+    );
+    proxy.clear();
+}
+
+/// Issue 12: a pod force-deleted (grace 0) under its leader: the release still goes out,
+/// so the follower takes over at once instead of after a full lease.
+#[test]
+fn force_deleted_leader_still_releases() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "force-del");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    // A long lease, so waiting it out cannot pass for a handover.
+    let timings = [
+        "--lease-duration=30s",
+        "--renew-deadline=20s",
+        "--retry-period=2s",
+    ];
+    let mut a = Sidecar::spawn(&ns, "pod-a", &timings);
+    observer.wait_until(secs(15), "pod-a leads", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    let _b = Sidecar::spawn(&ns, "pod-b", &timings);
+    observer.wait_until(secs(10), "pod-b participates", |s| {
+        s.label("pod-b", PARTICIPANT_KEY) == Some("true")
+    });
+    ns.force_delete("pod-a");
+    observer.wait_until(
+        secs(5),
+        "pod-b leads within 5 s of the force deletion",
+        |s| s.leader().as_deref() == Some("pod-b"),
+    );
+    a.wait_exit(secs(10)).expect("pod-a's sidecar exits");
+    observer.assert_never_two_leaders();
+}
+
+/// Issue 12: clusters rotate the CA bundle the pod sees (`kube-root-ca.crt`). A sidecar
+/// whose CA file does not (yet) vouch for the API server's certificate re-reads it when
+/// verification fails, and carries on with the new bundle without a restart.
+#[test]
+fn rotated_ca_bundle_is_picked_up_without_a_restart() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "ca-rotate");
+    ns.create_pod("pod-a", true);
+    let observer = Observer::start(&ns);
+    // A CA that signed nothing the API server serves.
+    let ca = ns.dir.join("rotating-ca.crt");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=some-other-ca", "-keyout"])
+        .arg(ns.dir.join("other-ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .expect("openssl");
+    assert!(status.status.success(), "{status:?}");
+    let ca_arg = format!("--ca-file={}", ca.display());
+    let mut a = Sidecar::spawn(&ns, "pod-a", &[&ca_arg]);
+    let until = Instant::now() + secs(15);
+    while !a.output().contains("not signed by the CA file") {
+        assert!(
+            Instant::now() < until && a.is_running(),
+            "no certificate failure reported:\n{}",
+            a.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        ns.label("pod-a", LEADER_KEY),
+        None,
+        "labeled through a certificate it must not trust"
+    );
+    // The bundle is rotated: the API server's real CA arrives in the file.
+    std::fs::copy(cluster.ca_file(), &ca).unwrap();
+    observer.wait_until(secs(15), "pod-a leads with the new bundle", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    assert!(
+        a.output().contains("CA file") && a.output().contains("changed"),
+        "{}",
+        a.output()
+    );
+}

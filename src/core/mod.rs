@@ -130,7 +130,8 @@ pub struct Summary {
     /// Ready participants, this pod included when it participates.
     pub participants: Vec<String>,
     pub draining: bool,
-    /// The Lease and this pod have been read and the watches deliver.
+    /// The Lease and this pod have been read, and the API server answers (false again
+    /// while the Lease sensor or our own Lease calls fail).
     pub connected: bool,
     /// When the last renewal (or acquisition) succeeded, by the local monotonic clock.
     pub renewed_at: Option<Instant>,
@@ -274,6 +275,16 @@ impl Core {
         matches!(self.role, Role::Leader(_))
     }
 
+    /// When the next call must have ended, if sooner than the client's own timeout:
+    /// during a drain, half the time left before giving up, so that a release sent at
+    /// the deadline always leaves time for the relabel after it, and a slow API server
+    /// can never hold the process past the kubelet's SIGKILL.
+    pub fn call_deadline(&self, now: Instant) -> Option<Instant> {
+        self.drain
+            .as_ref()
+            .map(|d| now + d.give_up.saturating_duration_since(now) / 2)
+    }
+
     pub fn draining(&self) -> bool {
         self.drain.is_some()
     }
@@ -304,7 +315,9 @@ impl Core {
                 .map(|p| p.name.clone())
                 .collect(),
             draining: self.drain.is_some(),
-            connected: self.lease != LeaseView::Unknown && self.own.is_some(),
+            connected: self.lease != LeaseView::Unknown
+                && self.own.is_some()
+                && self.contact_lost.is_none(),
             renewed_at: match &self.role {
                 Role::Leader(l) => Some(l.renewed_at),
                 _ => None,
@@ -357,9 +370,8 @@ impl Core {
             Observation::Lease(lease) => self.observe_lease(lease, now),
             Observation::PodsListed(pods) => {
                 // A list is the whole truth: forget pods it no longer holds.
-                let listed: std::collections::BTreeSet<&str> =
-                    pods.iter().map(|p| p.name.as_str()).collect();
-                self.pods.retain(|name, _| listed.contains(name.as_str()));
+                self.pods
+                    .retain(|name, _| pods.iter().any(|p| p.name == *name));
                 for p in pods {
                     self.note_pod(p, now);
                 }
@@ -367,6 +379,11 @@ impl Core {
             Observation::PodChanged(p) => self.note_pod(p, now),
             Observation::PodGone(p) => {
                 self.pods.remove(&p.name);
+                if p.name == self.s.me && p.deleting && !self.replaced {
+                    // Deleted at once (a force deletion, grace 0): the release still
+                    // goes out, which usually fits before the kubelet's SIGKILL.
+                    self.start_deletion_drain(&p, now);
+                }
                 if p.name == self.s.me {
                     // Deleted, or someone removed our label: forget our labels so they
                     // are written again (a 404 then tells us the pod is gone).
@@ -453,16 +470,15 @@ impl Core {
                     return;
                 }
             }
-            if p.deleting
-                && !self
-                    .drain
-                    .as_ref()
-                    .is_some_and(|d| d.cause == Cause::Deletion)
-            {
-                let grace = p
-                    .deletion_grace_seconds
-                    .unwrap_or(p.termination_grace_seconds);
-                self.start_drain(Cause::Deletion, Duration::from_secs(grace), now);
+            // A deletion starts the drain; a later one with a shorter grace (kubectl
+            // delete --grace-period=5 after a 30 s delete) shortens it.
+            let seen = self
+                .own
+                .as_ref()
+                .filter(|o| o.deleting)
+                .map(|o| o.deletion_grace_seconds);
+            if p.deleting && seen != Some(p.deletion_grace_seconds) {
+                self.start_deletion_drain(&p, now);
             }
             let was_ready = self.own.as_ref().map(|o| o.ready);
             if was_ready.is_some() && was_ready != Some(p.ready) {
@@ -475,6 +491,13 @@ impl Core {
         } else {
             self.pods.remove(&p.name);
         }
+    }
+
+    fn start_deletion_drain(&mut self, p: &Pod, now: Now) {
+        let grace = p
+            .deletion_grace_seconds
+            .unwrap_or(p.termination_grace_seconds);
+        self.start_drain(Cause::Deletion, Duration::from_secs(grace), now);
     }
 
     fn start_drain(&mut self, cause: Cause, grace: Duration, now: Now) {
@@ -601,8 +624,10 @@ impl Core {
                     .is_some_and(|p| p.label(&self.s.keys.participant).is_some());
                 if handing_over && participating && !must_leave {
                     // Drop the participation label first, so the successor's fencing
-                    // patch on our pod is not spoiled by a conflict with it.
-                    return None;
+                    // patch on our pod is not spoiled by a conflict with it; renew
+                    // meanwhile: a label write that keeps failing must never cost the
+                    // lease.
+                    return (now.mono >= l.renew_due).then(|| self.claim(o, now));
                 }
                 if must_leave || handing_over {
                     if must_leave {
@@ -886,15 +911,19 @@ impl Core {
         if self.is_leader() {
             self.notices.push(Notice::Renewed { ok: false });
         }
+        // A server that says when to come back (429/5xx with Retry-After) is believed,
+        // except by a leader past a retry period: its renew deadline comes first.
+        let asked = e.retry_after().unwrap_or_default();
         let delay = match (&mut self.role, e) {
             (Role::Leader(l), _) => {
-                l.renew_due = now + self.s.retry_period / 2;
-                self.s.retry_period / 2
+                let delay = (self.s.retry_period / 2).max(asked.min(self.s.retry_period));
+                l.renew_due = now + delay;
+                delay
             }
             // A missing permission stays missing, but a kube-apiserver that is starting
             // answers 403 until its RBAC cache is synced: probe on while out of contact.
             (_, KubeError::Forbidden(_)) if self.contact_lost.is_none() => self.s.retry_period * 5,
-            _ => self.jitter.stretch(self.s.retry_period, 1.2),
+            _ => self.jitter.stretch(self.s.retry_period, 1.2).max(asked),
         };
         self.lease_retry_at = Some(now + delay);
     }
@@ -954,7 +983,10 @@ impl Core {
         self.log_failure(e, self.label_failures, what, pod);
         let exp = self.label_failures.min(6);
         let base = (self.s.retry_period / 4).max(Duration::from_millis(50)) * (1 << (exp - 1));
-        let delay = self.jitter.stretch(base.min(self.s.retry_period * 4), 0.5);
+        let delay = self
+            .jitter
+            .stretch(base.min(self.s.retry_period * 4), 0.5)
+            .max(e.retry_after().unwrap_or_default());
         self.labels_retry_at = Some(now + delay);
     }
 

@@ -62,7 +62,8 @@ impl Core {
     /// previous holder's pod wherever it is, gets the fence.
     pub(super) fn plan_fencing(&mut self) {
         let me = self.s.me.clone();
-        let listed: BTreeSet<String> = self.pods.keys().filter(|n| **n != me).cloned().collect();
+        let mut listed = BTreeSet::new();
+        listed.extend(self.pods.keys().filter(|n| **n != me).cloned());
         if let Role::Leader(l) = &mut self.role {
             if let Fencing::Listing { stamp, previous } = &l.fencing {
                 let mut pods = listed;

@@ -765,3 +765,166 @@ fn pod_stream_behind_the_lease_stream_still_gives_one_leader() {
     run_until(&mut w, 3_000, 6_000, 50);
     assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
 }
+
+// ---- drain and renewal under a slow or flaky API server ------------------------------
+
+#[test]
+fn renewal_never_waits_behind_a_failing_label_write() {
+    let mut w = leader_with_follower();
+    // Unready: it wants to drop its participation before handing over, but every patch
+    // of its own pod fails for a long while.
+    w.fail_next_of(
+        u32::MAX,
+        Calls::PatchOf(ME),
+        KubeError::Transport("timeout".into()),
+    );
+    w.at(300);
+    w.update_pod(ME, |p| p.ready = false);
+    let mut renewed = 0;
+    for ms in (300..30_000).step_by(100) {
+        w.at(ms);
+        let before = w.lease.as_ref().map(|l| l.resource_version.clone());
+        w.run();
+        if w.lease.as_ref().map(|l| l.resource_version.clone()) != before {
+            renewed += 1;
+        }
+        assert!(w.core.is_leader(), "lost leadership at {ms} ms");
+    }
+    assert!(renewed >= 13, "renewed {renewed} times in 30 s");
+}
+
+#[test]
+fn a_later_deletion_with_a_shorter_grace_shortens_the_drain() {
+    let mut w = World::leading();
+    w.update_pod(ME, |p| {
+        p.deleting = true;
+        p.deletion_grace_seconds = Some(30);
+    });
+    w.run();
+    w.at(1_000);
+    // kubectl delete --grace-period=5 after the first delete.
+    w.update_pod(ME, |p| p.deletion_grace_seconds = Some(5));
+    run_until(&mut w, 1_000, 5_000, 100);
+    assert!(w.core.is_leader());
+    // The new deadline: 5 s from 1 s, less the 1 s margin.
+    w.writes.clear();
+    w.at(5_000);
+    w.run();
+    assert_eq!(w.writes, ["lease holder=\"\"", "pod-b is-leader=false"]);
+}
+
+#[test]
+fn force_deletion_still_sends_the_release() {
+    let mut w = leader_with_follower();
+    w.update_pod(ME, |p| {
+        p.deleting = true;
+        p.deletion_grace_seconds = Some(0);
+    });
+    let actions = w.run();
+    assert!(
+        matches!(actions.first(), Some(Action::UpdateLease { record, .. }) if record.holder.is_empty()),
+        "{actions:?}"
+    );
+    // The release landed: the successor takes over at once instead of after the lease.
+    assert_eq!(w.lease.as_ref().unwrap().record.holder, "");
+}
+
+#[test]
+fn a_huge_grace_period_does_not_overflow() {
+    let mut w = World::leading();
+    w.update_pod(ME, |p| p.termination_grace_seconds = i64::MAX as u64);
+    w.feed(Observation::Signal);
+    w.run();
+    assert!(w.core.is_leader());
+    w.update_pod(ME, |p| {
+        p.deleting = true;
+        p.deletion_grace_seconds = Some(u64::MAX);
+    });
+    w.run();
+    assert!(w.core.next_wakeup(w.now.mono).is_some());
+}
+
+#[test]
+fn calls_shrink_to_fit_the_drain() {
+    let mut w = World::leading();
+    assert_eq!(
+        w.core.call_deadline(w.now.mono),
+        None,
+        "no drain: the normal timeout"
+    );
+    w.feed(Observation::Signal); // grace 30 s: leave at 27 s, give up at 29.25 s
+    w.at(26_000);
+    w.run();
+    let d = w.core.call_deadline(w.now.mono).expect("draining");
+    assert!(d <= w.t0 + Duration::from_millis(29_250), "{:?}", d - w.t0);
+    // At the deadline, the release must leave time for the relabel after it.
+    w.at(27_000);
+    let release_by = w.core.call_deadline(w.now.mono).unwrap();
+    assert!(
+        release_by - w.now.mono <= Duration::from_millis(1_125),
+        "{:?}",
+        release_by - w.now.mono
+    );
+}
+
+#[test]
+fn readiness_follows_contact_with_the_api_server() {
+    let mut w = World::leading();
+    assert!(w.core.summary().connected);
+    w.feed(Observation::LeaseContact(Contact::Lost));
+    assert!(
+        !w.core.summary().connected,
+        "the watches stopped delivering"
+    );
+    w.feed(Observation::LeaseContact(Contact::Restored));
+    assert!(w.core.summary().connected);
+}
+
+// ---- API etiquette -------------------------------------------------------------------
+
+fn busy(secs: u64) -> KubeError {
+    KubeError::Busy {
+        code: 429,
+        message: "too many requests".into(),
+        retry_after: Duration::from_secs(secs),
+    }
+}
+
+#[test]
+fn retry_after_is_honoured_by_candidates_and_label_writes() {
+    let mut w = World::following("pod-a", 2);
+    w.at(500);
+    w.fail_next_of(1, Calls::LeaseWrites, busy(5));
+    w.release_lease(2);
+    w.run();
+    assert!(!w.core.is_leader());
+    w.writes.clear();
+    run_until(&mut w, 500, 5_500, 50);
+    assert!(w.writes.is_empty(), "asked to wait 5 s: {:?}", w.writes);
+    run_until(&mut w, 5_500, 6_000, 50);
+    assert!(w.core.is_leader());
+    // A label write told to wait.
+    w.fail_next_of(1, Calls::PatchOf(ME), busy(4));
+    w.update_pod(ME, |p| {
+        p.labels.remove("e/participant");
+    });
+    w.writes.clear();
+    run_until(&mut w, 6_000, 10_000, 50);
+    assert!(
+        w.writes.iter().all(|x| x.starts_with("lease")),
+        "asked to wait 4 s: {:?}",
+        w.writes
+    );
+    run_until(&mut w, 10_000, 10_500, 50);
+    assert!(w.writes.iter().any(|x| x.contains("participant=true")));
+}
+
+#[test]
+fn a_leader_told_to_wait_still_renews_within_its_deadline() {
+    let mut w = World::leading();
+    w.at(2_000);
+    w.fail_next_of(1, Calls::LeaseWrites, busy(30));
+    w.run();
+    run_until(&mut w, 2_000, 12_000, 100);
+    assert!(w.core.is_leader(), "a Retry-After must not cost the lease");
+}

@@ -15,7 +15,7 @@ use crate::telemetry::Telemetry;
 use serde_json::Value;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use ureq::http::{self, Method};
 use ureq::Agent;
@@ -34,15 +34,80 @@ pub const JSON: &str = "application/json";
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// A shorter bound than the agent's for calls made through this clone.
+    timeout: Option<Duration>,
 }
 
 struct Inner {
     base: String,
-    agent: Agent,
-    watch_agent: Agent,
+    /// Rebuilt when the CA bundle changes.
+    agents: RwLock<Agents>,
+    ca: Option<CaFile>,
+    shape: Shape,
     token: Option<TokenFile>,
     verbosity: u8,
     telemetry: Option<Arc<Telemetry>>,
+}
+
+struct Agents {
+    call: Agent,
+    watch: Agent,
+}
+
+/// What the agents are built from, besides the CA.
+struct Shape {
+    call_timeout: Duration,
+    watch_idle_timeout: Duration,
+    user_agent: String,
+}
+
+impl Shape {
+    fn agents(&self, tls: ureq::tls::TlsConfig) -> Agents {
+        let builder = || {
+            Agent::config_builder()
+                .tls_config(tls.clone())
+                .proxy(None)
+                .http_status_as_error(false)
+                .user_agent(&self.user_agent)
+                // ureq's 128 KiB defaults, per connection, are most of a small
+                // process's memory; API objects here are a few KiB.
+                .input_buffer_size(32 * 1024)
+                .output_buffer_size(16 * 1024)
+                .timeout_connect(Some(self.call_timeout.min(Duration::from_secs(5))))
+        };
+        Agents {
+            call: builder()
+                .timeout_global(Some(self.call_timeout))
+                .build()
+                .new_agent(),
+            watch: builder()
+                .timeout_per_read(Some(self.watch_idle_timeout))
+                .build()
+                .new_agent(),
+        }
+    }
+}
+
+/// The CA bundle as last read.
+struct CaFile {
+    path: PathBuf,
+    pem: Mutex<Vec<u8>>,
+}
+
+/// A TLS configuration trusting exactly the certificates in `pem`; None if it holds none.
+fn trusting(pem: &[u8]) -> Option<ureq::tls::TlsConfig> {
+    let certs: Vec<_> = ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    (!certs.is_empty()).then(|| {
+        ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build()
+    })
 }
 
 struct TokenFile {
@@ -93,62 +158,40 @@ pub struct ClientOptions {
 
 impl Client {
     pub fn new(conn: &Connection, opts: ClientOptions) -> Result<Client, KubeError> {
-        let tls = match &conn.ca_file {
+        let shape = Shape {
+            call_timeout: opts.call_timeout,
+            watch_idle_timeout: opts.watch_idle_timeout,
+            user_agent: format!(
+                "leader-labeler/{} ({})",
+                env!("CARGO_PKG_VERSION"),
+                opts.identity
+            ),
+        };
+        let (tls, ca) = match &conn.ca_file {
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| {
                     KubeError::Setup(format!("cannot read CA file {}: {e}", path.display()))
                 })?;
-                let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                    .filter_map(|item| match item {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
-                if certs.is_empty() {
-                    return Err(KubeError::Setup(format!(
+                let tls = trusting(&pem).ok_or_else(|| {
+                    KubeError::Setup(format!(
                         "CA file {} holds no PEM certificate",
                         path.display()
-                    )));
-                }
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                    .unversioned_rustls_crypto_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
                     ))
-                    .build()
+                })?;
+                let ca = CaFile {
+                    path: path.clone(),
+                    pem: Mutex::new(pem),
+                };
+                (tls, Some(ca))
             }
-            None => ureq::tls::TlsConfig::default(),
+            None => (ureq::tls::TlsConfig::default(), None),
         };
-        let user_agent = format!(
-            "leader-labeler/{} ({})",
-            env!("CARGO_PKG_VERSION"),
-            opts.identity
-        );
-        let builder = || {
-            Agent::config_builder()
-                .tls_config(tls.clone())
-                .proxy(None)
-                .http_status_as_error(false)
-                .user_agent(&user_agent)
-                // ureq's 128 KiB defaults, per connection, are most of a small
-                // process's memory; API objects here are a few KiB.
-                .input_buffer_size(32 * 1024)
-                .output_buffer_size(16 * 1024)
-                .timeout_connect(Some(opts.call_timeout.min(Duration::from_secs(5))))
-        };
-        let agent = builder()
-            .timeout_global(Some(opts.call_timeout))
-            .build()
-            .new_agent();
-        let watch_agent = builder()
-            .timeout_per_read(Some(opts.watch_idle_timeout))
-            .build()
-            .new_agent();
         Ok(Client {
             inner: Arc::new(Inner {
                 base: conn.server.clone(),
-                agent,
-                watch_agent,
+                agents: RwLock::new(shape.agents(tls)),
+                ca,
+                shape,
                 token: conn.token_file.clone().map(|path| TokenFile {
                     path,
                     cached: Mutex::new(None),
@@ -156,7 +199,53 @@ impl Client {
                 verbosity: opts.verbosity,
                 telemetry: opts.telemetry,
             }),
+            timeout: None,
         })
+    }
+
+    /// After a certificate the CA file does not vouch for: re-reads the file (clusters
+    /// rotate the `kube-root-ca.crt` bundle the pod sees) and, if it changed, trusts the
+    /// new bundle from the next call on. Returns whether it changed.
+    fn reload_ca(&self) -> bool {
+        let Some(ca) = &self.inner.ca else {
+            return false;
+        };
+        let Ok(pem) = std::fs::read(&ca.path) else {
+            return false;
+        };
+        let mut current = ca.pem.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == pem {
+            return false;
+        }
+        let Some(tls) = trusting(&pem) else {
+            return false;
+        };
+        log::info!(
+            "CA file {} changed: trusting the new bundle",
+            ca.path.display()
+        );
+        *self.inner.agents.write().unwrap_or_else(|e| e.into_inner()) =
+            self.inner.shape.agents(tls);
+        *current = pem;
+        true
+    }
+
+    /// The same client, with every call ending within `timeout` (if sooner than the
+    /// configured call timeout): a drain must end before the kubelet's SIGKILL.
+    pub fn bounded(&self, timeout: Duration) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            timeout: Some(timeout.min(self.inner.shape.call_timeout)),
+        }
+    }
+
+    fn agent(&self, streaming: bool) -> Agent {
+        let agents = self.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+        if streaming {
+            agents.watch.clone()
+        } else {
+            agents.call.clone()
+        }
     }
 
     pub fn get(&self, path: &str) -> Result<Value, KubeError> {
@@ -194,8 +283,9 @@ impl Client {
         body: Option<(&str, &Value)>,
     ) -> Result<Value, KubeError> {
         let body = body.map(|(ct, v)| (ct, serde_json::to_vec(v).unwrap_or_default()));
-        let (mut resp, started) = self.exchange(&self.inner.agent, &method, path, body.as_ref())?;
+        let (mut resp, started) = self.exchange(false, &method, path, body.as_ref())?;
         let code = resp.status().as_u16();
+        let retry_after = retry_after(&resp);
         let bytes = resp
             .body_mut()
             .with_config()
@@ -203,41 +293,48 @@ impl Client {
             .read_to_vec()
             .map_err(|e| KubeError::Transport(describe(&e)));
         self.trace_response(&method, path, started, code, bytes.as_deref().ok());
-        decode(code, &method, path, &bytes?)
+        decode(code, &method, path, &bytes?, retry_after)
     }
 
     /// Opens a watch (or any streaming GET) and returns its body once the status is 200.
     pub fn stream(&self, path: &str) -> Result<Box<dyn Read + Send>, KubeError> {
-        let (mut resp, started) =
-            self.exchange(&self.inner.watch_agent, &Method::GET, path, None)?;
+        let (mut resp, started) = self.exchange(true, &Method::GET, path, None)?;
         let code = resp.status().as_u16();
         if code == 200 {
             self.trace_response(&Method::GET, path, started, code, None);
             return Ok(Box::new(resp.into_body().into_reader()));
         }
+        let retry_after = retry_after(&resp);
         let bytes = resp.body_mut().read_to_vec().unwrap_or_default();
         self.trace_response(&Method::GET, path, started, code, Some(&bytes));
-        match decode(code, &Method::GET, path, &bytes) {
+        match decode(code, &Method::GET, path, &bytes, retry_after) {
             Ok(_) => Err(KubeError::Decode(format!("watch answered HTTP {code}"))),
             Err(e) => Err(e),
         }
     }
 
     /// Sends a request and returns the response with its start time, body unread. A 401
-    /// re-reads the token file (the kubelet may have rotated it) and tries once more.
+    /// re-reads the token file (the kubelet may have rotated it) and tries once more; so
+    /// does a server certificate the CA file does not vouch for, if the file changed.
     fn exchange(
         &self,
-        agent: &Agent,
+        streaming: bool,
         method: &Method,
         path: &str,
         body: Option<&(&str, Vec<u8>)>,
     ) -> Result<(http::Response<ureq::Body>, Instant), KubeError> {
         let mut retried = false;
+        let mut ca_retried = false;
         loop {
             let started = Instant::now();
-            let mut resp = self
-                .send(agent, method, path, body, retried)
-                .inspect_err(|e| self.trace_failure(method, path, started, e))?;
+            let sent = self.send(&self.agent(streaming), method, path, body, retried);
+            let mut resp = match sent {
+                Err(KubeError::Untrusted(_)) if !ca_retried && self.reload_ca() => {
+                    ca_retried = true;
+                    continue;
+                }
+                other => other.inspect_err(|e| self.trace_failure(method, path, started, e))?,
+            };
             if resp.status().as_u16() != 401 || retried || self.inner.token.is_none() {
                 return Ok((resp, started));
             }
@@ -281,13 +378,23 @@ impl Client {
                     .header("Content-Type", *ct)
                     .body(bytes.clone())
                     .map_err(|e| KubeError::Setup(format!("bad request {url}: {e}")))?;
-                agent.run(req)
+                match self.timeout {
+                    Some(t) => {
+                        agent.run(agent.configure_request(req).timeout_global(Some(t)).build())
+                    }
+                    None => agent.run(req),
+                }
             }
             None => {
                 let req = builder
                     .body(())
                     .map_err(|e| KubeError::Setup(format!("bad request {url}: {e}")))?;
-                agent.run(req)
+                match self.timeout {
+                    Some(t) => {
+                        agent.run(agent.configure_request(req).timeout_global(Some(t)).build())
+                    }
+                    None => agent.run(req),
+                }
             }
         };
         if let Some(t) = &self.inner.telemetry {
@@ -296,7 +403,13 @@ impl Client {
                 Err(_) => t.count_request(method.as_str(), "error"),
             }
         }
-        result.map_err(|e| KubeError::Transport(describe(&e)))
+        result.map_err(|e| {
+            if untrusted(&e) {
+                KubeError::Untrusted(describe(&e))
+            } else {
+                KubeError::Transport(describe(&e))
+            }
+        })
     }
 
     fn trace_response(
@@ -349,6 +462,16 @@ fn clip(bytes: &[u8]) -> String {
     }
 }
 
+/// Whether the server's certificate failed verification against the CA bundle.
+fn untrusted(e: &ureq::Error) -> bool {
+    let tls = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
+}
+
 /// A transport error in words, with the io error's cause when there is one.
 fn describe(e: &ureq::Error) -> String {
     match e {
@@ -360,8 +483,32 @@ fn describe(e: &ureq::Error) -> String {
     }
 }
 
+/// The `Retry-After` of a 429 or 5xx answer, in seconds (the form kube-apiserver sends),
+/// capped at `MAX_RETRY_AFTER`.
+fn retry_after(resp: &http::Response<ureq::Body>) -> Option<Duration> {
+    let code = resp.status().as_u16();
+    if code != 429 && code < 500 {
+        return None;
+    }
+    let secs: u64 = resp
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(error::MAX_RETRY_AFTER))
+}
+
 /// Turns a status code and body into the JSON value or the matching error.
-fn decode(code: u16, method: &Method, path: &str, body: &[u8]) -> Result<Value, KubeError> {
+fn decode(
+    code: u16,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> Result<Value, KubeError> {
     if (200..300).contains(&code) {
         return serde_json::from_slice(body)
             .map_err(|e| KubeError::Decode(format!("{method} {path}: {e}")));
@@ -377,7 +524,14 @@ fn decode(code: u16, method: &Method, path: &str, body: &[u8]) -> Result<Value, 
         404 => KubeError::NotFound(message),
         409 => KubeError::Conflict(message),
         410 => KubeError::Gone(message),
-        _ => KubeError::Status { code, message },
+        _ => match retry_after {
+            Some(retry_after) => KubeError::Busy {
+                code,
+                message,
+                retry_after,
+            },
+            None => KubeError::Status { code, message },
+        },
     })
 }
 
@@ -402,22 +556,78 @@ mod tests {
     fn status_codes_map_to_errors() {
         let body = br#"{"kind":"Status","code":409,"message":"the object has been modified"}"#;
         assert_eq!(
-            decode(409, &Method::PUT, "/x", body),
+            decode(409, &Method::PUT, "/x", body, None),
             Err(KubeError::Conflict("the object has been modified".into()))
         );
         assert!(matches!(
-            decode(403, &Method::GET, "/x", b"not json"),
+            decode(403, &Method::GET, "/x", b"not json", None),
             Err(KubeError::Forbidden(m)) if m.contains("GET /x answered HTTP 403")
         ));
-        let e = decode(503, &Method::GET, "/x", b"").unwrap_err();
+        let e = decode(503, &Method::GET, "/x", b"", None).unwrap_err();
         assert!(e.is_transient());
-        assert!(!decode(422, &Method::GET, "/x", b"")
+        assert!(!decode(422, &Method::GET, "/x", b"", None)
             .unwrap_err()
             .is_transient());
         assert_eq!(
-            decode(200, &Method::GET, "/x", b"{}"),
+            decode(200, &Method::GET, "/x", b"{}", None),
             Ok(serde_json::json!({}))
         );
+    }
+
+    /// A one-shot HTTP server on loopback that answers every request with `answer`.
+    fn answering(answer: &'static str) -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn plain_client(server: String) -> Client {
+        Client::new(
+            &Connection {
+                server,
+                token_file: None,
+                ca_file: None,
+            },
+            ClientOptions {
+                call_timeout: Duration::from_secs(2),
+                watch_idle_timeout: Duration::from_secs(2),
+                verbosity: 0,
+                identity: "t".into(),
+                telemetry: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn retry_after_is_read_and_capped() {
+        let c = plain_client(answering(
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ));
+        let e = c.get("/x").unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)), "{e:?}");
+        assert!(e.is_transient());
+        assert!(c.stream("/x").err().and_then(|e| e.retry_after()).is_some());
+        let c = plain_client(answering(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 86400\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ));
+        assert_eq!(
+            c.get("/x").unwrap_err().retry_after(),
+            Some(error::MAX_RETRY_AFTER)
+        );
+        // Only for 429 and 5xx.
+        let c = plain_client(answering(
+            "HTTP/1.1 409 Conflict\r\nRetry-After: 3\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ));
+        assert_eq!(c.get("/x").unwrap_err().retry_after(), None);
     }
 
     #[test]

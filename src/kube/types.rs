@@ -116,9 +116,14 @@ impl Pod {
             .get("labels")
             .and_then(Value::as_object)
             .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
+                // extend, not collect: collecting into a BTreeMap sorts first, and each
+                // sort instantiated costs kilobytes of the 2 MB binary.
+                let mut labels = BTreeMap::new();
+                labels.extend(
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
+                );
+                labels
             })
             .unwrap_or_default();
         let ready = v
@@ -236,13 +241,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// resourceVersions are opaque, but etcd's are integers; comparing them lets a fresh write
-/// response win over an older watch event that arrives after it. Unparsable: treat as newer.
+/// Whether `candidate` is an older version of the same object than `than`: it lets a
+/// fresh write response win over an older watch event that arrives after it.
+///
+/// resourceVersions were opaque until KEP-5504 (stable in Kubernetes 1.35) made those of
+/// one resource comparable: positive integers of any length, no leading zeros, ordered
+/// by length, then digit by digit (client-go's `CompareResourceVersion`). Anything else
+/// is not comparable and never counts as older, so the newest arrival wins.
 pub fn is_older(candidate: &str, than: &str) -> bool {
-    match (candidate.parse::<u64>(), than.parse::<u64>()) {
-        (Ok(a), Ok(b)) => a < b,
-        _ => false,
+    fn comparable(rv: &str) -> bool {
+        rv.bytes().all(|b| b.is_ascii_digit()) && !rv.is_empty() && !rv.starts_with('0')
     }
+    comparable(candidate) && comparable(than) && (candidate.len(), candidate) < (than.len(), than)
 }
 
 #[cfg(test)]
@@ -358,5 +368,13 @@ mod tests {
         assert!(is_older("9", "10"));
         assert!(!is_older("10", "10"));
         assert!(!is_older("abc", "10"));
+        // KEP-5504's rules (Kubernetes 1.35): positive integers of any length, without
+        // leading zeros; anything else is not comparable and never counts as older.
+        assert!(is_older("99999999999999999999", "100000000000000000000"));
+        assert!(!is_older("100000000000000000000", "99999999999999999999"));
+        assert!(!is_older("0", "5"), "0 is no live resourceVersion");
+        assert!(!is_older("007", "10"), "leading zeros: not comparable");
+        assert!(!is_older("+7", "10"));
+        assert!(!is_older("", "10"));
     }
 }

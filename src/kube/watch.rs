@@ -154,7 +154,8 @@ pub fn run<T: Versioned>(
                 if give_up(streak.failures(), &e) {
                     return Stopped::GaveUp(e);
                 }
-                std::thread::sleep(backoff.next_delay());
+                let asked = e.retry_after().unwrap_or_default();
+                std::thread::sleep(backoff.next_delay().max(asked));
             }
         }
     }

@@ -106,7 +106,8 @@ impl Sidecar {
             .arg(format!("--server={server}"))
             .arg(format!("--token-file={}", ns.token_file().display()));
         // A plain-HTTP server (the fault proxy) takes no CA file: the sidecar rejects one.
-        if !server.starts_with("http://") {
+        // A test may give its own.
+        if !server.starts_with("http://") && !args.iter().any(|a| a.starts_with("--ca-file=")) {
             cmd.arg(format!("--ca-file={}", ns.cluster.ca_file().display()));
         }
         cmd.args(args)
