@@ -25,6 +25,16 @@ ELECTION:
                                 [default: $POD_NAMESPACE, then the service-account file]
     --leadership-label KEY      [default: <election-name>/is-leader]
     --participation-label KEY   [default: <election-name>/participant]
+    --leader-value VALUE        Leadership label value on the leader [default: true]
+    --follower-value VALUE      ... and on every other pod [default: false]
+
+PREFERENCE (pod annotation <election-name>/priority: higher leads, 0 never leads,
+            default 1; handover on request: annotate the Lease with
+            <election-name>/switchover-to=POD):
+    --prefer-zone ZONE          Prefer pods labeled topology.kubernetes.io/zone=ZONE
+                                at equal priority
+    --failback-after D          Hand over to a more preferred pod once it has been
+                                ready this long; 0 never [default: 30s]
 
 TIMING (Go durations: 500ms, 15s, 1m30s; rule: lease > renew > 1.2 x retry):
     --lease-duration D          How long followers wait on a silent leader [default: 15s]
@@ -116,6 +126,10 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         namespace: opt("--namespace")?,
         leadership_label: opt("--leadership-label")?,
         participation_label: opt("--participation-label")?,
+        leader_value: opt("--leader-value")?,
+        follower_value: opt("--follower-value")?,
+        prefer_zone: opt("--prefer-zone")?,
+        failback_after: opt("--failback-after")?,
         lease_duration: opt("--lease-duration")?,
         renew_deadline: opt("--renew-deadline")?,
         retry_period: opt("--retry-period")?,

@@ -68,6 +68,15 @@ pub struct Config {
     pub leadership_label: String,
     /// Label key carrying `true` on ready, competing pods.
     pub participation_label: String,
+    /// The leadership label's value on the leader (`true`) and on every other pod
+    /// (`false`): `role=primary|replica` for Services that select by value.
+    pub leader_value: String,
+    pub follower_value: String,
+    /// Pods in this zone (`topology.kubernetes.io/zone`) are preferred at equal priority.
+    pub prefer_zone: Option<String>,
+    /// How long a more preferred pod must have been ready before the leader hands over
+    /// to it; None (`0`): never. Defaults to 30s.
+    pub failback_after: Option<Duration>,
     /// How long a lease is valid after it was last seen changing. Defaults to 15s.
     pub lease_duration: Duration,
     /// How long the leader keeps acting as leader without a successful renewal. Defaults
@@ -101,6 +110,10 @@ pub struct RawArgs {
     pub namespace: Option<String>,
     pub leadership_label: Option<String>,
     pub participation_label: Option<String>,
+    pub leader_value: Option<String>,
+    pub follower_value: Option<String>,
+    pub prefer_zone: Option<String>,
+    pub failback_after: Option<String>,
     pub lease_duration: Option<String>,
     pub renew_deadline: Option<String>,
     pub retry_period: Option<String>,
@@ -221,6 +234,19 @@ impl Config {
                 "must differ from --leadership-label",
             ));
         }
+        let leader_value = raw.leader_value.unwrap_or_else(|| "true".into());
+        check_label_value(&leader_value)
+            .map_err(|rule| ConfigError::new("--leader-value", &leader_value, rule))?;
+        let follower_value = raw.follower_value.unwrap_or_else(|| "false".into());
+        check_label_value(&follower_value)
+            .map_err(|rule| ConfigError::new("--follower-value", &follower_value, rule))?;
+        if leader_value == follower_value {
+            return Err(ConfigError::new(
+                "--follower-value",
+                &follower_value,
+                "must differ from --leader-value",
+            ));
+        }
 
         let duration = |flag: &str, value: Option<String>, default: &str| {
             let text = value.unwrap_or_else(|| default.to_string());
@@ -249,6 +275,17 @@ impl Config {
                 Some(d)
             }
         };
+        let failback_after = match raw.failback_after.as_deref().unwrap_or("30s") {
+            "0" | "0s" => None,
+            text => Some(
+                parse_duration(text)
+                    .map_err(|rule| ConfigError::new("--failback-after", text, rule))?,
+            ),
+        };
+        let prefer_zone = raw.prefer_zone.filter(|z| !z.is_empty());
+        if let Some(z) = &prefer_zone {
+            check_label_value(z).map_err(|rule| ConfigError::new("--prefer-zone", z, rule))?;
+        }
         if lease_duration.as_millis() % 1000 != 0 {
             return Err(ConfigError::new(
                 "--lease-duration",
@@ -311,6 +348,10 @@ impl Config {
             namespace,
             leadership_label,
             participation_label,
+            leader_value,
+            follower_value,
+            prefer_zone,
+            failback_after,
             lease_duration,
             renew_deadline,
             retry_period,
@@ -533,18 +574,32 @@ pub fn check_qualified_name(key: &str) -> Result<(), String> {
     if let Some(p) = prefix {
         check_dns_subdomain(p).map_err(|rule| format!("label key prefix {rule}"))?;
     }
-    let ok = !name.is_empty()
+    if is_name(name) {
+        Ok(())
+    } else {
+        Err("must be a label key [prefix/]name: the name at most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit".into())
+    }
+}
+
+/// A label value, not empty here: at most 63 characters of `[A-Za-z0-9._-]`,
+/// alphanumeric at both ends.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if is_name(value) {
+        Ok(())
+    } else {
+        Err("must be a label value: 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit".into())
+    }
+}
+
+/// The name part of a qualified name, or a non-empty label value.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err("must be a label key [prefix/]name: the name at most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit".into())
-    }
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
 
 #[cfg(test)]
@@ -618,6 +673,35 @@ mod tests {
                 "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
             ))
         );
+    }
+
+    #[test]
+    fn label_values_of_the_users_choosing() {
+        let c = Config::build(raw("my-app"), &pod_env()).unwrap();
+        assert_eq!(
+            (c.leader_value.as_str(), c.follower_value.as_str()),
+            ("true", "false")
+        );
+        let mut r = raw("my-app");
+        r.leader_value = Some("primary".into());
+        r.follower_value = Some("replica".into());
+        let c = Config::build(r, &pod_env()).unwrap();
+        assert_eq!(
+            (c.leader_value.as_str(), c.follower_value.as_str()),
+            ("primary", "replica")
+        );
+        for (leader, follower, flag) in [
+            ("", "replica", "--leader-value"),
+            ("-primary", "replica", "--leader-value"),
+            ("primary", "a/b", "--follower-value"),
+            ("same", "same", "--follower-value"),
+        ] {
+            let mut r = raw("my-app");
+            r.leader_value = Some(leader.into());
+            r.follower_value = Some(follower.into());
+            let e = Config::build(r, &pod_env()).unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{leader}/{follower}: {e}");
+        }
     }
 
     #[test]

@@ -75,11 +75,16 @@ pub fn run(cfg: &Config, client: Client, telemetry: Arc<Telemetry>) -> Result<Ex
             keys: Keys {
                 leader: cfg.leadership_label.clone(),
                 participant: cfg.participation_label.clone(),
+                election: cfg.election_name.clone(),
+                leader_value: cfg.leader_value.clone(),
+                follower_value: cfg.follower_value.clone(),
             },
             lease_duration: cfg.lease_duration,
             renew_deadline: cfg.renew_deadline,
             retry_period: cfg.retry_period,
             resync_period: cfg.resync_period,
+            prefer_zone: cfg.prefer_zone.clone(),
+            failback_after: cfg.failback_after,
         },
         Jitter::from_entropy(),
     );
@@ -191,11 +196,16 @@ impl Reporter {
                 }
                 Notice::SteppedDown(why) => Some(event("SteppedDown", why, "Warning")),
                 Notice::DrainStarted(why) => Some(event("Draining", why, "Normal")),
-                Notice::HandedOver => Some(event(
+                Notice::HandedOver { to, why } => Some(event(
                     "HandedOver",
-                    "released the lease to a ready participant".into(),
+                    if to.is_empty() {
+                        format!("released the lease: {why}")
+                    } else {
+                        format!("handed the lease over to {to}: {why}")
+                    },
                     "Normal",
                 )),
+                Notice::SwitchoverRefused(why) => Some(event("SwitchoverRefused", why, "Warning")),
             };
             if let Some(e) = e {
                 self.events.send(e);

@@ -60,6 +60,7 @@ pub fn claim(
             acquire_time: c.acquire_time.clone().or_else(|| Some(now.clone())),
             renew_time: Some(now),
             transitions: c.transitions,
+            handover_to: String::new(),
         },
         other => LeaseRecord {
             holder: me.to_string(),
@@ -67,13 +68,15 @@ pub fn claim(
             acquire_time: Some(now.clone()),
             renew_time: Some(now),
             transitions: other.map_or(0, |c| c.transitions + 1),
+            handover_to: String::new(),
         },
     }
 }
 
 /// The record of a release: no holder, a one-second duration, times set to now,
-/// transitions kept (client-go's ReleaseOnCancel).
-pub fn release(current: &LeaseRecord, wall: SystemTime) -> LeaseRecord {
+/// transitions kept (client-go's ReleaseOnCancel); `to` names the pod it is meant for
+/// (empty: anyone).
+pub fn release(current: &LeaseRecord, wall: SystemTime, to: &str) -> LeaseRecord {
     let now = micro_time(wall);
     LeaseRecord {
         holder: String::new(),
@@ -81,6 +84,7 @@ pub fn release(current: &LeaseRecord, wall: SystemTime) -> LeaseRecord {
         acquire_time: Some(now.clone()),
         renew_time: Some(now),
         transitions: current.transitions,
+        handover_to: to.to_string(),
     }
 }
 
@@ -106,6 +110,7 @@ mod tests {
                 acquire_time: Some("2026-01-01T00:00:00.000000Z".into()),
                 renew_time: Some(renew.into()),
                 transitions: 4,
+                handover_to: String::new(),
             },
         }
     }
@@ -165,7 +170,7 @@ mod tests {
         assert_eq!(renewed.acquire_time, mine.acquire_time);
         assert_ne!(renewed.renew_time, mine.renew_time);
 
-        let freed = release(&mine, wall);
+        let freed = release(&mine, wall, "");
         assert_eq!(freed.holder, "");
         assert_eq!(freed.duration_seconds, 1);
         assert_eq!(freed.transitions, 4);

@@ -16,12 +16,25 @@ use crate::kube::types::Pod;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-/// The two label keys, plus the annotation key used for fencing (the leadership key
-/// itself, in the annotations map: valid by construction).
+/// The two label keys, plus the annotation key used for fencing and for the election
+/// mark (the leadership key itself, in the annotations map: valid by construction).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     pub leader: String,
     pub participant: String,
+    /// The election's name (the Lease's).
+    pub election: String,
+    /// The leadership label's values (`--leader-value`, `--follower-value`; `true` and
+    /// `false` by default).
+    pub leader_value: String,
+    pub follower_value: String,
+}
+
+impl Keys {
+    /// Whether the pod's leadership label says leader.
+    pub fn says_leader(&self, pod: &Pod) -> bool {
+        pod.label(&self.leader) == Some(self.leader_value.as_str())
+    }
 }
 
 /// One merge patch of one pod.
@@ -82,6 +95,15 @@ pub enum Standing {
     NotLeader { keep_true: bool },
 }
 
+/// The election a pod belongs to, from the mark its own sidecar writes with its labels
+/// (`<election>/`) or a fence of its election's leader left (`<election>/<holder>:<rv>`),
+/// both under the leadership key in the annotations. None: unmarked (labeled by hand or
+/// by an older version), counted as ours.
+pub fn election_of<'p>(keys: &Keys, pod: &'p Pod) -> Option<&'p str> {
+    let mark = pod.annotations.get(&keys.leader)?;
+    mark.split_once('/').map(|(election, _)| election)
+}
+
 /// The next patch, or None when the labels are as they should be.
 pub fn next_patch(
     keys: &Keys,
@@ -91,7 +113,7 @@ pub fn next_patch(
     participating: bool,
 ) -> Option<Patch> {
     if let Standing::Leader { fence: Some(f) } = standing {
-        let mut labels = vec![(keys.leader.clone(), Some("false".into()))];
+        let mut labels = vec![(keys.leader.clone(), Some(keys.follower_value.clone()))];
         if f.drop_participation {
             labels.push((keys.participant.clone(), None));
         }
@@ -110,22 +132,23 @@ pub fn next_patch(
     if matches!(standing, Standing::Leader { .. }) {
         if let Some(p) = others
             .values()
-            .find(|p| p.name != own.name && p.label(&keys.leader) != Some("false"))
+            .find(|p| p.name != own.name && p.label(&keys.leader) != Some(&keys.follower_value))
         {
             return Some(Patch {
                 pod: p.name.clone(),
                 precondition: Some(p.resource_version.clone()),
-                labels: vec![(keys.leader.clone(), Some("false".into()))],
+                labels: vec![(keys.leader.clone(), Some(keys.follower_value.clone()))],
                 annotations: vec![],
                 reason: "mark follower",
             });
         }
     }
     let current = own.label(&keys.leader);
+    let says_leader = keys.says_leader(own);
     let leader_value = match standing {
-        Standing::Leader { .. } => "true",
-        Standing::NotLeader { keep_true: true } if current == Some("true") => "true",
-        _ => "false",
+        Standing::Leader { .. } => keys.leader_value.as_str(),
+        Standing::NotLeader { keep_true: true } if says_leader => keys.leader_value.as_str(),
+        _ => keys.follower_value.as_str(),
     };
     let participant_value = participating.then(|| "true".to_string());
     let mut labels = Vec::new();
@@ -140,18 +163,24 @@ pub fn next_patch(
     }
     let reason = if current == Some(leader_value) {
         "update participation"
-    } else if leader_value == "true" {
+    } else if leader_value == keys.leader_value {
         "claim leadership"
-    } else if current == Some("true") {
+    } else if says_leader {
         "step down"
     } else {
         "label follower"
     };
+    // Our election's mark rides along, so that another election configured with the
+    // same label key can tell this pod is not one of its own.
+    let mut annotations = vec![];
+    if election_of(keys, own) != Some(keys.election.as_str()) {
+        annotations.push((keys.leader.clone(), format!("{}/", keys.election)));
+    }
     Some(Patch {
         pod: own.name.clone(),
         precondition: Some(own.resource_version.clone()),
         labels,
-        annotations: vec![],
+        annotations,
         reason,
     })
 }
@@ -166,6 +195,9 @@ mod tests {
         Keys {
             leader: "e/is-leader".into(),
             participant: "e/participant".into(),
+            election: "my-app".into(),
+            leader_value: "true".into(),
+            follower_value: "false".into(),
         }
     }
 
@@ -298,8 +330,15 @@ mod tests {
         assert_eq!(
             p.body(),
             json!({"metadata": {"labels": {"e/is-leader": "false", "e/participant": "true"},
+                                "annotations": {"e/is-leader": "my-app/"},
                                 "resourceVersion": "5"}})
         );
+        // Marked once: later patches carry labels only.
+        let mut own = own;
+        own.annotations
+            .insert("e/is-leader".into(), "my-app/".into());
+        let p = next_patch(&keys(), &own, &BTreeMap::new(), &FOLLOWER, false).unwrap();
+        assert!(p.annotations.is_empty(), "{p:?}");
     }
 
     #[test]

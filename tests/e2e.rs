@@ -825,3 +825,67 @@ fn forbidden_lease_watch_falls_back_to_polling() {
         );
     }
 }
+
+/// Issue 12: two elections in one namespace configured with the same
+/// `--leadership-label`. Each sidecar marks its pod with its election, so neither leader
+/// fences or demotes the other election's pods: both leaders keep `true` throughout.
+#[test]
+fn elections_sharing_a_label_key_leave_each_other_alone() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "shared-key");
+    let mut role = ns.shipped_role();
+    for rule in role["rules"].as_array_mut().unwrap() {
+        if let Some(names) = rule["resourceNames"].as_array_mut() {
+            names.push("other-app".into());
+        }
+    }
+    ns.apply_role(role);
+    let until = Instant::now() + secs(10);
+    while !ns.sa_can("update", "leases", Some("other-app")) {
+        assert!(Instant::now() < until, "the Role update did not take");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    const SHARED: &str = "shared/is-leader";
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start_for(&ns, SHARED).lenient();
+    let label = format!("--leadership-label={SHARED}");
+    let _a = Sidecar::spawn(&ns, "pod-a", &[&label]);
+    observer.wait_until(secs(15), "pod-a leads my-app", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    let b = Sidecar::spawn(
+        &ns,
+        "pod-b",
+        &[
+            &label,
+            "--election-name=other-app",
+            "--participation-label=other-app/participant",
+        ],
+    );
+    observer.wait_until(secs(15), "pod-b leads other-app", |s| {
+        s.label("pod-b", SHARED) == Some("true")
+    });
+    // pod-b's takeover fences first and claims last: by now any demotion of pod-a is in
+    // the history.
+    observer.with(|s| {
+        let first = s
+            .history
+            .iter()
+            .position(|(_, _, set)| set.contains(&"pod-a".to_string()))
+            .expect("pod-a led");
+        for (_, rv, set) in &s.history[first..] {
+            assert!(
+                set.contains(&"pod-a".to_string()),
+                "pod-a demoted at resourceVersion {rv} by the other election: {:?}",
+                s.history
+            );
+        }
+    });
+    assert!(
+        b.output().contains("belongs to election \"my-app\""),
+        "the shared key was not reported:\n{}",
+        b.output()
+    );
+    assert_eq!(ns.label("pod-a", SHARED).as_deref(), Some("true"));
+}

@@ -155,3 +155,47 @@ fn unready_leader_loses_the_endpoint_within_a_second() {
     eprintln!("unready: endpoint moved in {:?}", moved - t0);
     f.assert_never_two_endpoints();
 }
+
+/// Issue 13: label values of the user's choosing. A Service selecting `role: primary`
+/// (deploy/service.yaml with only its selector changed) follows the leader when the
+/// sidecars run with `--leadership-label=role --leader-value=primary
+/// --follower-value=replica`, also through a handover.
+#[test]
+fn custom_label_values_drive_the_service() {
+    let cluster = Cluster::with_controllers();
+    let ns = Namespace::new(cluster, "svc-values");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/service.yaml"))
+            .unwrap();
+    let service = shipped.replace("my-app/is-leader: \"true\"", "role: primary");
+    assert_ne!(service, shipped, "deploy/service.yaml's selector moved");
+    let out = cluster.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&service));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let endpoints = EndpointWatcher::start(&ns, "my-app");
+    let args = [
+        "--leadership-label=role",
+        "--leader-value=primary",
+        "--follower-value=replica",
+    ];
+    let mut a = Sidecar::spawn(&ns, "pod-a", &args);
+    endpoints.wait_for_only(&ns.pod_ip("pod-a"), secs(15));
+    let _b = Sidecar::spawn(&ns, "pod-b", &args);
+    let until = Instant::now() + secs(10);
+    while ns.label("pod-b", "role").as_deref() != Some("replica") {
+        assert!(Instant::now() < until, "pod-b never labeled role=replica");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ns.label("pod-a", "role").as_deref(), Some("primary"));
+    a.sigterm();
+    endpoints.wait_for_only(&ns.pod_ip("pod-b"), secs(5));
+    assert_eq!(ns.label("pod-b", "role").as_deref(), Some("primary"));
+    assert!(a.wait_exit(secs(10)).expect("pod-a exits").success());
+    let v = endpoints.with(|e| e.violations.clone());
+    assert!(v.is_empty(), "{v:#?}");
+}

@@ -40,6 +40,11 @@ pub struct Settings {
     pub renew_deadline: Duration,
     pub retry_period: Duration,
     pub resync_period: Duration,
+    /// Pods in this zone (`topology.kubernetes.io/zone`) are preferred at equal priority.
+    pub prefer_zone: Option<String>,
+    /// How long a more preferred pod must have been a ready participant before the
+    /// leader hands over to it; None: never fail back.
+    pub failback_after: Option<Duration>,
 }
 
 /// Something the sensors saw.
@@ -113,8 +118,13 @@ pub enum Notice {
     },
     SteppedDown(String),
     DrainStarted(String),
-    /// Released the lease for a ready successor.
-    HandedOver,
+    /// Released the lease for a ready successor (`to`; empty: whoever takes it), and why.
+    HandedOver {
+        to: String,
+        why: &'static str,
+    },
+    /// A switchover request on the Lease could not be carried out; it was removed.
+    SwitchoverRefused(String),
     /// A renewal as leader, successful or not.
     Renewed {
         ok: bool,
@@ -135,6 +145,8 @@ pub struct Summary {
     pub connected: bool,
     /// When the last renewal (or acquisition) succeeded, by the local monotonic clock.
     pub renewed_at: Option<Instant>,
+    /// This pod carries the leader value of the leadership label (as last seen).
+    pub labeled_leader: bool,
 }
 
 /// Leadership as this process holds it.
@@ -237,11 +249,20 @@ pub struct Core {
     confirmed_at: Option<Instant>,
     /// Our pod was deleted and recreated under the same name (another uid).
     replaced: bool,
+    /// Pods of another election sharing the label key, already reported.
+    foreign_seen: BTreeSet<String>,
+    /// Since when each pod has been a ready participant, by our clock (failback waits).
+    ready_since: BTreeMap<String, Instant>,
+    /// The handover a pending release is for: target and reason.
+    handover: Option<(String, &'static str)>,
+    /// `<election>/priority`, the pod annotation that ranks pods.
+    priority_key: String,
 }
 
 impl Core {
     pub fn new(s: Settings, jitter: Jitter) -> Core {
-        Core {
+        let priority_key = format!("{}/priority", s.keys.election);
+        let mut core = Core {
             s,
             lease: LeaseView::Unknown,
             pods: BTreeMap::new(),
@@ -264,7 +285,13 @@ impl Core {
             contact_lost: None,
             confirmed_at: None,
             replaced: false,
-        }
+            foreign_seen: BTreeSet::new(),
+            ready_since: BTreeMap::new(),
+            handover: None,
+            priority_key: String::new(),
+        };
+        core.priority_key = priority_key;
+        core
     }
 
     pub fn role(&self) -> &Role {
@@ -322,6 +349,10 @@ impl Core {
                 Role::Leader(l) => Some(l.renewed_at),
                 _ => None,
             },
+            labeled_leader: self
+                .own
+                .as_ref()
+                .is_some_and(|p| self.s.keys.says_leader(p)),
         }
     }
 
@@ -329,16 +360,6 @@ impl Core {
         log::warn!("{why}; stepping down");
         self.notices.push(Notice::SteppedDown(why));
         self.role = Role::Follower;
-    }
-
-    /// Ready participants other than this pod.
-    fn successor(&self) -> Option<&Pod> {
-        self.pods.values().find(|p| {
-            p.name != self.s.me
-                && p.ready
-                && !p.deleting
-                && p.label(&self.s.keys.participant) == Some("true")
-        })
     }
 
     /// Whether this pod should carry the participation label and compete.
@@ -353,6 +374,7 @@ impl Core {
     /// ever claim `true`.
     fn may_compete(&self) -> bool {
         self.eligible()
+            && self.own.as_ref().is_some_and(|p| self.priority(p) > 0)
             && self
                 .own
                 .as_ref()
@@ -372,6 +394,8 @@ impl Core {
                 // A list is the whole truth: forget pods it no longer holds.
                 self.pods
                     .retain(|name, _| pods.iter().any(|p| p.name == *name));
+                self.ready_since
+                    .retain(|name, _| pods.iter().any(|p| p.name == *name));
                 for p in pods {
                     self.note_pod(p, now);
                 }
@@ -379,6 +403,7 @@ impl Core {
             Observation::PodChanged(p) => self.note_pod(p, now),
             Observation::PodGone(p) => {
                 self.pods.remove(&p.name);
+                self.ready_since.remove(&p.name);
                 if p.name == self.s.me && p.deleting && !self.replaced {
                     // Deleted at once (a force deletion, grace 0): the release still
                     // goes out, which usually fits before the kubelet's SIGKILL.
@@ -480,17 +505,43 @@ impl Core {
             if p.deleting && seen != Some(p.deletion_grace_seconds) {
                 self.start_deletion_drain(&p, now);
             }
+            let was = self.own.as_ref().map(|o| self.priority(o));
+            if self.priority(&p) == 0 && was != Some(0) {
+                log::info!("this pod's priority is 0: it serves as a replica and never leads");
+            }
             let was_ready = self.own.as_ref().map(|o| o.ready);
             if was_ready.is_some() && was_ready != Some(p.ready) {
                 log::info!("pod is now {}", if p.ready { "Ready" } else { "not Ready" });
             }
             self.own = Some(p.clone());
         }
-        if p.labels.contains_key(&self.s.keys.leader) {
+        let foreign = !mine && self.foreign(&p);
+        if p.ready && !p.deleting && p.label(&self.s.keys.participant) == Some("true") {
+            self.ready_since.entry(p.name.clone()).or_insert(now.mono);
+        } else {
+            self.ready_since.remove(&p.name);
+        }
+        if p.labels.contains_key(&self.s.keys.leader) && !foreign {
             self.pods.insert(p.name.clone(), p);
         } else {
             self.pods.remove(&p.name);
         }
+    }
+
+    /// Whether the pod belongs to another election that uses the same leadership label
+    /// key (said once per pod): it is neither fenced nor marked nor handed over to.
+    fn foreign(&mut self, p: &Pod) -> bool {
+        let keys = &self.s.keys;
+        let Some(other) = labels::election_of(keys, p).filter(|e| *e != keys.election) else {
+            return false;
+        };
+        if self.foreign_seen.insert(p.name.clone()) {
+            log::error!(
+                "pod {} carries the label {} but belongs to election {other:?}: two elections in this namespace share --leadership-label {}; leaving that pod alone. Give each election its own key (the default, <election>/is-leader, is unique).",
+                p.name, keys.leader, keys.leader
+            );
+        }
+        true
     }
 
     fn start_deletion_drain(&mut self, p: &Pod, now: Now) {
@@ -594,7 +645,7 @@ impl Core {
             let own_false = self
                 .own
                 .as_ref()
-                .is_some_and(|p| p.label(&self.s.keys.leader) != Some("true"));
+                .is_some_and(|p| !self.s.keys.says_leader(p));
             let waited_enough = now >= since + self.s.lease_duration
                 || self.drain.as_ref().is_some_and(|d| d.must_leave(now));
             if own_false || !wait || waited_enough {
@@ -617,33 +668,43 @@ impl Core {
             self.own_gone || self.drain.as_ref().is_some_and(|d| d.must_leave(now.mono));
         match (&self.role, &self.lease) {
             (Role::Leader(l), LeaseView::Present(o)) => {
-                let handing_over = !self.eligible() && self.successor().is_some();
-                let participating = self
-                    .own
-                    .as_ref()
-                    .is_some_and(|p| p.label(&self.s.keys.participant).is_some());
-                if handing_over && participating && !must_leave {
+                let (o, renew_due) = (o.clone(), now.mono >= l.renew_due);
+                match self.plan_handover(&o, now.mono, must_leave) {
+                    Plan::Stay => renew_due.then(|| self.claim(&o, now)),
                     // Drop the participation label first, so the successor's fencing
                     // patch on our pod is not spoiled by a conflict with it; renew
                     // meanwhile: a label write that keeps failing must never cost the
                     // lease.
-                    return (now.mono >= l.renew_due).then(|| self.claim(o, now));
-                }
-                if must_leave || handing_over {
-                    if must_leave {
-                        log::info!("releasing the Lease: time to leave");
-                    } else {
-                        log::info!(
-                            "handing over: releasing the Lease ({} is a ready participant)",
-                            self.successor().map_or("", |p| &p.name)
-                        );
+                    Plan::DropParticipationFirst => renew_due.then(|| self.claim(&o, now)),
+                    Plan::Release { to, why } => {
+                        if to.is_empty() {
+                            log::info!("releasing the Lease: {why}");
+                        } else {
+                            log::info!("handing over to {to}: {why}");
+                        }
+                        self.handover = Some((to.clone(), why));
+                        Some(Action::UpdateLease {
+                            base: o.lease.without_switchover(),
+                            record: election::release(&o.lease.record, now.wall, &to),
+                        })
                     }
-                    return Some(Action::UpdateLease {
-                        base: o.lease.clone(),
-                        record: election::release(&o.lease.record, now.wall),
-                    });
+                    Plan::Refuse(why) => {
+                        if !why.is_empty() {
+                            log::warn!("{why}");
+                            self.notices.push(Notice::SwitchoverRefused(why));
+                        }
+                        // Answered: the request goes with this renewal.
+                        Some(Action::UpdateLease {
+                            base: o.lease.without_switchover(),
+                            record: election::claim(
+                                Some(&o.lease.record),
+                                &self.s.me,
+                                now.wall,
+                                self.s.lease_duration,
+                            ),
+                        })
+                    }
                 }
-                (now.mono >= l.renew_due).then(|| self.claim(o, now))
             }
             (Role::Follower, LeaseView::Absent) if self.contact_lost.is_some() => {
                 Some(Action::GetLease)
@@ -663,7 +724,7 @@ impl Core {
                     );
                     return Some(Action::UpdateLease {
                         base: o.lease.clone(),
-                        record: election::release(&o.lease.record, now.wall),
+                        record: election::release(&o.lease.record, now.wall, ""),
                     });
                 }
                 if o.holder() == self.s.me {
@@ -680,6 +741,10 @@ impl Core {
                     return None;
                 }
                 if o.holder().is_empty() {
+                    // Released for another pod: leave it to that pod for a while.
+                    if self.waiting_for_designee(o, now.mono) {
+                        return None;
+                    }
                     return Some(self.claim(o, now));
                 }
                 if now.mono < o.expires_at() {
@@ -750,8 +815,7 @@ impl Core {
         let leaving = self.drain.is_some() || self.own_gone;
         let settled = match &self.role {
             Role::Follower => self.own.as_ref().is_some_and(|p| {
-                p.label(&self.s.keys.participant).is_none()
-                    && p.label(&self.s.keys.leader) != Some("true")
+                p.label(&self.s.keys.participant).is_none() && !self.s.keys.says_leader(p)
             }),
             _ => false,
         };
@@ -851,7 +915,12 @@ impl Core {
             LeaseWrite::Acquire => {
                 // The Lease's new resourceVersion makes the stamp unique to this takeover
                 // (transitions restart at 0 when the Lease is recreated).
-                let stamp = format!("{}:{}", self.s.me, self.lease_version());
+                let stamp = format!(
+                    "{}/{}:{}",
+                    self.s.keys.election,
+                    self.s.me,
+                    self.lease_version()
+                );
                 if previous == self.s.me {
                     log::info!("resumed leadership: the Lease still named this pod");
                 } else if previous.is_empty() {
@@ -882,8 +951,9 @@ impl Core {
             }
             LeaseWrite::Release { forced } => {
                 log::info!("released the Lease");
+                let (to, why) = self.handover.take().unwrap_or_default();
                 if !forced {
-                    self.notices.push(Notice::HandedOver);
+                    self.notices.push(Notice::HandedOver { to, why });
                 }
                 self.role = Role::HandingOver {
                     since: now.mono,
@@ -1023,12 +1093,16 @@ impl Core {
                 times.push(l.renewed_at + self.s.renew_deadline);
                 times.extend(self.relist_due);
                 times.extend(self.rivals_until);
+                times.extend(self.failback_due());
             }
             Role::HandingOver { since, .. } => times.push(*since + self.s.lease_duration),
             Role::Follower => {
                 if let LeaseView::Present(o) = &self.lease {
                     if !o.holder().is_empty() && self.contact_lost.is_none() {
                         times.push(o.expires_at());
+                    }
+                    if o.holder().is_empty() && !o.lease.record.handover_to.is_empty() {
+                        times.push(o.observed_at + self.s.lease_duration);
                     }
                 }
             }
@@ -1037,8 +1111,11 @@ impl Core {
     }
 }
 
+mod handover;
 mod outage;
 mod safety;
+
+use handover::Plan;
 
 #[cfg(test)]
 mod world;

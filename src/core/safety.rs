@@ -106,8 +106,7 @@ impl Core {
         let serving = |name: &str| {
             self.pods
                 .get(name)
-                .and_then(|p| p.label(&self.s.keys.leader))
-                == Some("true")
+                .is_some_and(|p| self.s.keys.says_leader(p))
         };
         let pod = pods
             .iter()

@@ -928,3 +928,248 @@ fn a_leader_told_to_wait_still_renews_within_its_deadline() {
     run_until(&mut w, 2_000, 12_000, 100);
     assert!(w.core.is_leader(), "a Retry-After must not cost the lease");
 }
+
+#[test]
+fn another_election_sharing_the_label_is_left_alone() {
+    let mut w = World::leading();
+    // The leader of election "other-app", configured with the same --leadership-label.
+    w.add_pod(
+        "pod-x",
+        true,
+        &[("e/is-leader", "true"), ("e/participant", "true")],
+    );
+    w.update_pod("pod-x", |p| {
+        p.annotations
+            .insert("e/is-leader".into(), "other-app/".into());
+    });
+    w.writes.clear();
+    run_until(&mut w, 0, 20_000, 100);
+    assert!(
+        w.writes.iter().all(|x| !x.starts_with("pod-x")),
+        "demoted another election's leader: {:?}",
+        w.writes
+    );
+    assert_eq!(w.label("pod-x", "is-leader").as_deref(), Some("true"));
+    // Nor is it a successor to hand over to.
+    w.update_pod(ME, |p| p.ready = false);
+    w.run();
+    assert!(w.core.is_leader());
+    // Our own pod carries our election's mark, so the other election leaves it alone.
+    assert_eq!(
+        w.pods[ME]
+            .annotations
+            .get("e/is-leader")
+            .map(String::as_str),
+        Some("my-app/")
+    );
+}
+
+#[test]
+fn label_values_of_the_users_choosing() {
+    let mut s = settings();
+    s.keys.leader_value = "primary".into();
+    s.keys.follower_value = "replica".into();
+    let mut w = World::with(s);
+    w.add_pod(
+        "pod-a",
+        true,
+        &[("e/is-leader", "replica"), ("e/participant", "true")],
+    );
+    w.boot();
+    w.run();
+    assert!(w.core.is_leader());
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("primary"));
+    assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("replica"));
+    // Handover: the old leader keeps "primary" until the successor fences it.
+    w.update_pod(ME, |p| p.ready = false);
+    w.run();
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("primary"));
+    assert!(w
+        .writes
+        .iter()
+        .all(|x| !x.contains("=true") || x.contains("participant")));
+}
+
+// ---- preferred leaders and switchover --------------------------------------------------
+
+fn released_to(w: &World) -> Option<String> {
+    let l = w.lease.as_ref()?;
+    (l.record.holder.is_empty()).then(|| l.record.handover_to.clone())
+}
+
+fn prioritise(w: &mut World, pod: &str, priority: &str) {
+    w.update_pod(pod, |p| {
+        p.annotations
+            .insert("my-app/priority".into(), priority.into());
+    });
+}
+
+#[test]
+fn failback_to_a_preferred_pod_once_it_has_been_ready_long_enough() {
+    let mut w = leader_with_follower(); // pod-a joined at 0 ms
+    w.at(1_000);
+    prioritise(&mut w, "pod-a", "5");
+    run_until(&mut w, 1_000, 30_000, 100);
+    assert!(w.core.is_leader(), "no failback before 30 s of readiness");
+    w.at(30_000);
+    w.run();
+    assert_eq!(released_to(&w).as_deref(), Some("pod-a"));
+    assert!(matches!(w.core.role(), Role::HandingOver { .. }));
+    // Our true stays until pod-a's fence: no leaderless moment.
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert!(w.core.take_notices().iter().any(|n| matches!(n,
+        Notice::HandedOver { to, why } if to == "pod-a" && why.contains("failback"))));
+}
+
+#[test]
+fn a_flapping_preferred_pod_does_not_pull_leadership() {
+    let mut w = leader_with_follower();
+    prioritise(&mut w, "pod-a", "5");
+    for s in 1..6 {
+        w.at(s * 20_000);
+        w.update_pod("pod-a", |p| p.ready = s % 2 == 0);
+        w.run();
+        assert!(w.core.is_leader(), "handed over at {s}");
+    }
+}
+
+#[test]
+fn a_release_meant_for_another_pod_is_left_to_it() {
+    let mut w = World::following("pod-a", 2);
+    w.add_pod(
+        "pod-c",
+        true,
+        &[("e/is-leader", "false"), ("e/participant", "true")],
+    );
+    let c = w.pods["pod-c"].clone();
+    w.feed(Observation::PodChanged(c));
+    w.at(500);
+    let mut record = election::release(&w.lease.as_ref().unwrap().record, w.now.wall, "pod-c");
+    record.transitions = 2;
+    w.lease.as_mut().unwrap().record = record;
+    w.lease_event();
+    w.writes.clear();
+    run_until(&mut w, 500, 15_500, 100);
+    assert!(
+        w.writes.is_empty(),
+        "took a lease meant for pod-c: {:?}",
+        w.writes
+    );
+    // pod-c never took it: after a lease duration it is anyone's.
+    run_until(&mut w, 15_500, 16_000, 100);
+    assert!(w.core.is_leader());
+}
+
+#[test]
+fn a_release_meant_for_us_is_taken_at_once() {
+    let mut w = World::following("pod-a", 2);
+    w.at(500);
+    let record = election::release(&w.lease.as_ref().unwrap().record, w.now.wall, ME);
+    w.lease.as_mut().unwrap().record = record;
+    w.lease_event();
+    w.run();
+    assert!(w.core.is_leader());
+}
+
+#[test]
+fn priority_zero_never_leads_even_alone() {
+    let mut w = World::new();
+    w.update_pod(ME, |p| {
+        p.annotations.insert("my-app/priority".into(), "0".into());
+    });
+    w.boot();
+    run_until(&mut w, 0, 40_000, 500);
+    assert!(!w.core.is_leader());
+    assert!(w.lease.is_none(), "created a Lease");
+    // Still a ready replica, labeled follower.
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
+    assert_eq!(w.label(ME, "participant").as_deref(), Some("true"));
+}
+
+#[test]
+fn a_leader_set_to_priority_zero_hands_over() {
+    let mut w = leader_with_follower();
+    w.at(500);
+    prioritise(&mut w, ME, "0");
+    w.run();
+    assert_eq!(released_to(&w).as_deref(), Some("pod-a"));
+}
+
+#[test]
+fn switchover_to_a_named_pod() {
+    let mut w = leader_with_follower();
+    w.add_pod(
+        "pod-c",
+        true,
+        &[("e/is-leader", "false"), ("e/participant", "true")],
+    );
+    let c = w.pods["pod-c"].clone();
+    w.feed(Observation::PodChanged(c));
+    w.run();
+    w.take_notices_for_test();
+    w.at(1_000);
+    w.annotate_lease("my-app/switchover-to", "pod-c");
+    w.run();
+    assert_eq!(released_to(&w).as_deref(), Some("pod-c"));
+    let l = w.lease.as_ref().unwrap();
+    assert!(
+        l.switchover_to().is_none(),
+        "the request was not removed: {:?}",
+        l.metadata
+    );
+    assert!(w.core.take_notices().iter().any(|n| matches!(n,
+        Notice::HandedOver { to, why } if to == "pod-c" && why.contains("switchover"))));
+}
+
+#[test]
+fn switchover_to_an_impossible_pod_is_refused_and_cleared() {
+    let mut w = leader_with_follower();
+    w.update_pod("pod-a", |p| p.ready = false);
+    w.run();
+    for target in ["pod-a", "pod-zz"] {
+        w.take_notices_for_test();
+        w.annotate_lease("my-app/switchover-to", target);
+        w.run();
+        assert!(w.core.is_leader());
+        let l = w.lease.as_ref().unwrap();
+        assert_eq!(l.record.holder, ME);
+        assert!(l.switchover_to().is_none(), "not cleared: {:?}", l.metadata);
+        let notices = w.core.take_notices();
+        assert!(
+            notices.iter().any(|n| matches!(n,
+                Notice::SwitchoverRefused(why) if why.contains(target))),
+            "{notices:?}"
+        );
+    }
+}
+
+#[test]
+fn the_preferred_zone_wins_at_equal_priority() {
+    let mut s = settings();
+    s.prefer_zone = Some("zone-b".into());
+    let mut w = World::with(s);
+    w.boot();
+    w.run();
+    for (name, zone) in [
+        ("pod-a", "zone-a"),
+        ("pod-c", "zone-b"),
+        ("pod-d", "zone-a"),
+    ] {
+        w.add_pod(
+            name,
+            true,
+            &[
+                ("e/is-leader", "false"),
+                ("e/participant", "true"),
+                ("topology.kubernetes.io/zone", zone),
+            ],
+        );
+        let p = w.pods[name].clone();
+        w.feed(Observation::PodChanged(p));
+    }
+    w.run();
+    w.at(500);
+    w.update_pod(ME, |p| p.ready = false);
+    w.run();
+    assert_eq!(released_to(&w).as_deref(), Some("pod-c"));
+}

@@ -24,11 +24,16 @@ pub fn settings() -> Settings {
         keys: Keys {
             leader: "e/is-leader".into(),
             participant: "e/participant".into(),
+            election: "my-app".into(),
+            leader_value: "true".into(),
+            follower_value: "false".into(),
         },
         lease_duration: Duration::from_secs(15),
         renew_deadline: Duration::from_secs(10),
         retry_period: Duration::from_secs(2),
         resync_period: Duration::from_secs(5),
+        prefer_zone: None,
+        failback_after: Some(Duration::from_secs(30)),
     }
 }
 
@@ -83,9 +88,13 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        World::with(settings())
+    }
+
+    pub fn with(settings: Settings) -> World {
         let t0 = Instant::now();
         let mut w = World {
-            core: Core::new(settings(), Jitter::new(7)),
+            core: Core::new(settings, Jitter::new(7)),
             t0,
             now: Now {
                 mono: t0,
@@ -335,11 +344,14 @@ impl World {
                 self.writes
                     .push(format!("lease holder={:?}", record.holder));
                 let rv = self.next_rv();
-                let l = Lease {
-                    resource_version: rv.clone(),
-                    metadata: json!({"name": "e", "resourceVersion": rv}),
-                    record: record.clone(),
+                // As the real server stores it: the body the client sent, new version.
+                let base = match a {
+                    Action::UpdateLease { base, .. } => Some(base),
+                    _ => None,
                 };
+                let mut body = crate::kube::types::lease_body("my-app", "ns", base, record);
+                body["metadata"]["resourceVersion"] = json!(rv);
+                let l = Lease::from_json(&body).expect("a Lease");
                 self.lease = Some(l.clone());
                 self.lease_stream
                     .push_back(Observation::Lease(Some(l.clone())));
@@ -379,6 +391,7 @@ impl World {
         let mut changed = new.labels != cur.labels;
         for (k, v) in &p.annotations {
             changed |= notes.insert(k.clone(), v.clone()).as_ref() != Some(v);
+            new.annotations.insert(k.clone(), v.clone());
         }
         if ours {
             self.writes.push(format!(
@@ -441,7 +454,13 @@ impl World {
         let leaders: Vec<_> = self
             .pods
             .values()
-            .filter(|p| p.label("e/is-leader") == Some("true"))
+            .filter(|p| self.core.s.keys.says_leader(p))
+            // Pods of another election that shares the label key have leaders of their own.
+            .filter(|p| {
+                p.annotations
+                    .get("e/is-leader")
+                    .is_none_or(|a| !a.contains('/') || a.starts_with("my-app/"))
+            })
             .map(|p| p.name.clone())
             .collect();
         assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
@@ -482,15 +501,31 @@ impl World {
         let rv = self.next_rv();
         self.lease = Some(Lease {
             resource_version: rv.clone(),
-            metadata: json!({"name": "e", "resourceVersion": rv}),
+            metadata: json!({"name": "my-app", "namespace": "ns", "resourceVersion": rv}),
             record: LeaseRecord {
                 holder: holder.into(),
                 duration_seconds: 15,
                 acquire_time: Some("t0".into()),
                 renew_time: Some(format!("t{rv}")),
                 transitions,
+                handover_to: String::new(),
             },
         });
+    }
+
+    /// Forgets the notices so far.
+    pub fn take_notices_for_test(&mut self) {
+        self.core.take_notices();
+    }
+
+    /// An operator annotates the Lease (`kubectl annotate lease`); the watch delivers it.
+    pub fn annotate_lease(&mut self, key: &str, value: &str) {
+        let rv = self.next_rv();
+        let l = self.lease.as_mut().expect("a Lease");
+        l.metadata["annotations"][key] = json!(value);
+        l.metadata["resourceVersion"] = json!(rv);
+        l.resource_version = rv;
+        self.lease_event();
     }
 
     /// Another process changes a pod; the watch delivers it.

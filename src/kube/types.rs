@@ -16,6 +16,10 @@ pub struct LeaseRecord {
     pub acquire_time: Option<String>,
     pub renew_time: Option<String>,
     pub transitions: i64,
+    /// Set by a release that hands over to one pod (failback, switchover, a drain with a
+    /// preferred successor): the others leave it to that pod for a lease duration. Kept
+    /// in the annotation `<lease name>/handover-to`; empty for anyone.
+    pub handover_to: String,
 }
 
 /// A Lease as last read from the API server.
@@ -38,18 +42,55 @@ impl Lease {
         let spec = v.get("spec").cloned().unwrap_or(Value::Null);
         let s = |k: &str| spec.get(k).and_then(Value::as_str).map(str::to_string);
         let n = |k: &str| spec.get(k).and_then(Value::as_i64);
+        let name = metadata.get("name").and_then(Value::as_str).unwrap_or("");
+        let handover_to = annotation(&metadata, name, HANDOVER_TO)
+            .unwrap_or_default()
+            .to_string();
         Ok(Lease {
             resource_version,
-            metadata,
             record: LeaseRecord {
                 holder: s("holderIdentity").unwrap_or_default(),
                 duration_seconds: n("leaseDurationSeconds").unwrap_or(0),
                 acquire_time: s("acquireTime"),
                 renew_time: s("renewTime"),
                 transitions: n("leaseTransitions").unwrap_or(0),
+                handover_to,
             },
+            metadata,
         })
     }
+
+    /// The pod an operator asked the leader to hand over to
+    /// (`kubectl annotate lease <election> <election>/switchover-to=<pod>`).
+    pub fn switchover_to(&self) -> Option<&str> {
+        let name = self.metadata.get("name").and_then(Value::as_str)?;
+        annotation(&self.metadata, name, SWITCHOVER_TO).filter(|s| !s.is_empty())
+    }
+
+    /// The same Lease with the switchover request removed (answered).
+    pub fn without_switchover(&self) -> Lease {
+        let mut l = self.clone();
+        let name = l.metadata["name"].as_str().unwrap_or("").to_string();
+        if let Some(a) = l
+            .metadata
+            .get_mut("annotations")
+            .and_then(Value::as_object_mut)
+        {
+            a.remove(&format!("{name}/{SWITCHOVER_TO}"));
+        }
+        l
+    }
+}
+
+/// Lease annotations, under `<lease name>/`.
+const HANDOVER_TO: &str = "handover-to";
+const SWITCHOVER_TO: &str = "switchover-to";
+
+fn annotation<'v>(metadata: &'v Value, name: &str, key: &str) -> Option<&'v str> {
+    metadata
+        .get("annotations")?
+        .get(format!("{name}/{key}"))?
+        .as_str()
 }
 
 /// The body of a Lease create (no resourceVersion) or update (with one).
@@ -59,10 +100,19 @@ pub fn lease_body(
     base: Option<&Lease>,
     record: &LeaseRecord,
 ) -> Value {
-    let metadata = match base {
+    let mut metadata = match base {
         Some(l) => l.metadata.clone(),
         None => json!({"name": name, "namespace": namespace}),
     };
+    let key = format!("{name}/{HANDOVER_TO}");
+    if !record.handover_to.is_empty() {
+        metadata["annotations"][key] = json!(record.handover_to);
+    } else if let Some(a) = metadata
+        .get_mut("annotations")
+        .and_then(Value::as_object_mut)
+    {
+        a.remove(&key);
+    }
     let mut spec = json!({
         "holderIdentity": record.holder,
         "leaseDurationSeconds": record.duration_seconds,
@@ -89,6 +139,8 @@ pub struct Pod {
     pub uid: String,
     pub resource_version: String,
     pub labels: BTreeMap<String, String>,
+    /// Annotations of at most 256 bytes (the election mark and the fence stamp).
+    pub annotations: BTreeMap<String, String>,
     /// `status.conditions[type=Ready].status == "True"`.
     pub ready: bool,
     /// `metadata.deletionTimestamp` is set.
@@ -97,6 +149,20 @@ pub struct Pod {
     pub deletion_grace_seconds: Option<u64>,
     /// `spec.terminationGracePeriodSeconds`, 30 when absent (the API default).
     pub termination_grace_seconds: u64,
+}
+
+/// The string values of a JSON object (labels, annotations) up to `max_len` bytes each.
+fn strings(v: Option<&Value>, max_len: usize) -> BTreeMap<String, String> {
+    // extend, not collect: collecting into a BTreeMap sorts first, and each sort
+    // instantiated costs kilobytes of the 2 MB binary.
+    let mut out = BTreeMap::new();
+    if let Some(m) = v.and_then(Value::as_object) {
+        out.extend(m.iter().filter_map(|(k, v)| {
+            let v = v.as_str().filter(|v| v.len() <= max_len)?;
+            Some((k.clone(), v.to_string()))
+        }));
+    }
+    out
 }
 
 impl Pod {
@@ -112,20 +178,10 @@ impl Pod {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let labels = meta
-            .get("labels")
-            .and_then(Value::as_object)
-            .map(|m| {
-                // extend, not collect: collecting into a BTreeMap sorts first, and each
-                // sort instantiated costs kilobytes of the 2 MB binary.
-                let mut labels = BTreeMap::new();
-                labels.extend(
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
-                );
-                labels
-            })
-            .unwrap_or_default();
+        let labels = strings(meta.get("labels"), usize::MAX);
+        // Only short annotations: the election mark and the fence stamp live there, and
+        // a kubectl last-applied-configuration would cost kilobytes per pod.
+        let annotations = strings(meta.get("annotations"), 256);
         let ready = v
             .pointer("/status/conditions")
             .and_then(Value::as_array)
@@ -145,6 +201,7 @@ impl Pod {
                 .to_string(),
             resource_version,
             labels,
+            annotations,
             ready,
             deleting: meta.get("deletionTimestamp").is_some_and(|t| !t.is_null()),
             deletion_grace_seconds: meta

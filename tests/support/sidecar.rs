@@ -100,8 +100,11 @@ impl Sidecar {
         let file = std::fs::File::create(&log).unwrap();
         let server = server.unwrap_or_else(|| ns.cluster.server_url());
         let mut cmd = Command::new(program);
-        cmd.arg(format!("--election-name={ELECTION}"))
-            .arg(format!("--pod-name={pod}"))
+        // A test may name another election.
+        if !args.iter().any(|a| a.starts_with("--election-name=")) {
+            cmd.arg(format!("--election-name={ELECTION}"));
+        }
+        cmd.arg(format!("--pod-name={pod}"))
             .arg(format!("--namespace={}", ns.name))
             .arg(format!("--server={server}"))
             .arg(format!("--token-file={}", ns.token_file().display()));

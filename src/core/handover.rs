@@ -1,0 +1,151 @@
+//! Planned handovers: when a leader gives the lease away, and to whom.
+//!
+//! Every planned handover is a release (`election::release`), so it follows the drain's
+//! order and keeps its guarantees (`safety`): the leader stops leading before it sends
+//! the release and keeps its label until the successor's fence takes it. A release may
+//! name the pod it is meant for (`handover_to`); the other followers leave it to that pod
+//! for a lease duration, then it is anyone's. Reasons, in order:
+//!
+//! 1. **Switchover** (`<election>/switchover-to=<pod>` on the Lease): to that pod if it is
+//!    a ready participant that may lead; otherwise refused, with an Event. Either way the
+//!    annotation is removed by the same write.
+//! 2. **Leaving** (drain deadline, second signal, pod gone): to the best successor, or to
+//!    anyone when there is none.
+//! 3. **Cannot serve** (unready, draining, priority 0): to the best successor once one
+//!    exists, after dropping the participation label.
+//! 4. **Failback**: to a pod that ranks higher (priority annotation `<election>/priority`,
+//!    then `--prefer-zone`) once it has been a ready participant for `--failback-after`,
+//!    so a flapping pod never pulls leadership back and forth.
+//!
+//! Priority 0 means "never lead": such a pod serves as a replica, is never handed over to
+//! and never takes the lease, even when it is the only ready pod.
+
+use super::*;
+
+/// Pods without the annotation, or with a value that is not a whole number.
+const DEFAULT_PRIORITY: u32 = 1;
+
+/// The zone label Kubernetes puts on nodes (and, with pod topology labels, on pods).
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// What the leader does about handing over, this turn.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Plan {
+    /// Keep leading.
+    Stay,
+    /// A handover is due once the participation label is gone; keep leading meanwhile.
+    DropParticipationFirst,
+    /// Release the lease for `to` (empty: for anyone).
+    Release { to: String, why: &'static str },
+    /// Answer a switchover request by removing it, with this complaint (empty: none).
+    Refuse(String),
+}
+
+impl Core {
+    /// The pod's priority (`<election>/priority`): higher leads; 0 never leads.
+    pub(super) fn priority(&self, p: &Pod) -> u32 {
+        p.annotations
+            .get(&self.priority_key)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_PRIORITY)
+    }
+
+    /// How much the election prefers this pod as leader.
+    fn rank(&self, p: &Pod) -> (u32, bool) {
+        let zone = self.s.prefer_zone.as_deref();
+        (
+            self.priority(p),
+            zone.is_some() && p.label(ZONE_LABEL) == zone,
+        )
+    }
+
+    /// Why `p` cannot take over now; None: it can.
+    fn unfit(&self, p: &Pod) -> Option<&'static str> {
+        if !p.ready {
+            Some("it is not Ready")
+        } else if p.deleting {
+            Some("it is being deleted")
+        } else if p.label(&self.s.keys.participant) != Some("true") {
+            Some("it is not a participant")
+        } else if self.priority(p) == 0 {
+            Some("its priority is 0 (never leads)")
+        } else {
+            None
+        }
+    }
+
+    /// The best-ranked pod other than this one that can take over now.
+    pub(super) fn successor(&self) -> Option<&Pod> {
+        self.pods
+            .values()
+            .filter(|p| p.name != self.s.me && self.unfit(p).is_none())
+            .max_by_key(|p| self.rank(p))
+    }
+
+    /// The more preferred pod to fail back to, and when it will have been ready long
+    /// enough (None: nobody ranks above this pod, or failback is off).
+    fn failback(&self) -> Option<(&Pod, Instant)> {
+        let wait = self.s.failback_after?;
+        let own = self.own.as_ref()?;
+        let best = self.successor()?;
+        (self.rank(best) > self.rank(own))
+            .then(|| Some((best, *self.ready_since.get(&best.name)? + wait)))
+            .flatten()
+    }
+
+    /// When a failback becomes due, for `next_wakeup`.
+    pub(super) fn failback_due(&self) -> Option<Instant> {
+        self.failback().map(|(_, at)| at)
+    }
+
+    /// Whether a released Lease is meant for another pod that may still take it.
+    pub(super) fn waiting_for_designee(&self, o: &Observed, now: Instant) -> bool {
+        let to = &o.lease.record.handover_to;
+        !to.is_empty() && *to != self.s.me && now < o.observed_at + self.s.lease_duration
+    }
+
+    pub(super) fn plan_handover(&self, o: &Observed, now: Instant, must_leave: bool) -> Plan {
+        if let Some(to) = o.lease.switchover_to() {
+            if to == self.s.me {
+                return Plan::Refuse(String::new());
+            }
+            let why = match self.pods.get(to) {
+                None => Some("no such pod carries the election's label"),
+                Some(p) => self.unfit(p),
+            };
+            return match why {
+                None => Plan::Release {
+                    to: to.to_string(),
+                    why: "switchover requested on the Lease",
+                },
+                Some(why) => Plan::Refuse(format!("switchover to {to} refused: {why}")),
+            };
+        }
+        let best = self.successor().map(|p| p.name.clone());
+        if must_leave {
+            return Plan::Release {
+                to: best.unwrap_or_default(),
+                why: "time to leave",
+            };
+        }
+        let own = self.own.as_ref();
+        let cannot_serve = !self.eligible() || own.is_some_and(|p| self.priority(p) == 0);
+        if let (true, Some(to)) = (cannot_serve, best) {
+            let participating = own.is_some_and(|p| p.label(&self.s.keys.participant).is_some());
+            if participating && !self.eligible() {
+                return Plan::DropParticipationFirst;
+            }
+            return Plan::Release {
+                to,
+                why: "this pod cannot serve and a ready participant can",
+            };
+        }
+        match self.failback() {
+            Some((p, at)) if now >= at && !cannot_serve => Plan::Release {
+                to: p.name.clone(),
+                why: "failback to a more preferred pod",
+            },
+            _ => Plan::Stay,
+        }
+    }
+}
