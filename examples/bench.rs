@@ -226,6 +226,63 @@ impl Bench {
         times
     }
 
+    /// Planned switchover to a named pod (`<election>/switchover-to` on the Lease), which
+    /// only leader-labeler offers: time from the request to the named pod leading, and
+    /// the leaderless gap. Three pods; the target is never the one a free-for-all would
+    /// favour by name.
+    fn switchover(&self, imp: Impl) -> Option<(Vec<f64>, Vec<f64>)> {
+        if imp != Impl::LeaderLabeler {
+            return None;
+        }
+        let pods: Vec<String> = ["pod-a", "pod-b", "pod-c"].map(String::from).to_vec();
+        let (ns, observer, _sidecars) = self.setup(imp, "switchover", &pods);
+        observer.wait_until(Duration::from_secs(30), "all participate", |s| {
+            pods.iter()
+                .all(|p| s.label(p, "my-app/participant") == Some("true"))
+        });
+        let path = format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
+            ns.name
+        );
+        let (mut took, mut gaps) = (vec![], vec![]);
+        for i in 0..self.handovers {
+            std::thread::sleep(Duration::from_secs(1));
+            let leader = observer.leader().expect("a leader");
+            let target = pods
+                .iter()
+                .rev()
+                .find(|p| **p != leader)
+                .unwrap()
+                .clone();
+            let before = observer.gaps().len();
+            let t0 = Instant::now();
+            ns.api.patch(
+                &path,
+                "application/merge-patch+json",
+                &json!({"metadata": {"annotations": {"my-app/switchover-to": target}}}),
+            );
+            let seen = observer.wait_until(Duration::from_secs(30), "the named pod leads", |s| {
+                s.leader().as_deref() == Some(target.as_str())
+            });
+            took.push(ms(seen - t0));
+            let g = observer.gaps();
+            gaps.push(if g.len() > before {
+                let (a, b) = g[g.len() - 1];
+                ms(b - a)
+            } else {
+                0.0
+            });
+            eprintln!(
+                "  {} switchover {}: {:.1} ms to {target}, gap {:.1} ms",
+                imp.name(),
+                i + 1,
+                took[i],
+                gaps[i]
+            );
+        }
+        Some((took, gaps))
+    }
+
     /// Unready failover: the leader's Ready condition goes False.
     fn unready(&self, imp: Impl) -> Option<f64> {
         let pods = vec!["pod-a".to_string(), "pod-b".to_string()];
@@ -420,6 +477,7 @@ fn main() {
         let (gaps, overlap, service_gaps) = bench.handover(imp);
         let crashes = bench.crash(imp);
         let unready = bench.unready(imp);
+        let switchover = bench.switchover(imp);
         let steady = bench.steady(imp, 3, bench.steady);
         // Last: the outages stop the shared control plane.
         let (moves_per_outage, after_outage_rpm) = bench.outages(imp);
@@ -450,6 +508,8 @@ fn main() {
                 "service_gap_ms": {"p50": percentile(&service_gaps, 50.0), "p95": percentile(&service_gaps, 95.0)},
                 "crash_failover_ms": {"p50": percentile(&crashes, 50.0), "p95": percentile(&crashes, 95.0)},
                 "unready_failover_ms": {"p50": unready.map(|u| (u * 10.0).round() / 10.0)},
+                "switchover_ms": switchover.as_ref().map(|(took, _)| json!({"p50": percentile(took, 50.0), "p95": percentile(took, 95.0)})),
+                "switchover_gap_ms": switchover.as_ref().map(|(_, gaps)| json!({"p50": percentile(gaps, 50.0), "p95": percentile(gaps, 95.0)})),
                 "requests_per_min": {"leader": steady.leader_rpm, "follower": steady.follower_rpm},
                 "outages": {"count": bench.outages, "seconds_each": bench.outage_length.as_secs(),
                             "leadership_moves_per_outage": moves_per_outage,
@@ -519,6 +579,14 @@ fn report(r: &Value, quick: bool) -> String {
         ("crash failover p50 (ms)", "/crash_failover_ms/p50"),
         ("crash failover p95 (ms)", "/crash_failover_ms/p95"),
         ("unready failover (ms)", "/unready_failover_ms/p50"),
+        (
+            "switchover to a named pod p50 (ms)",
+            "/switchover_ms/p50",
+        ),
+        (
+            "switchover leaderless gap p50 (ms)",
+            "/switchover_gap_ms/p50",
+        ),
         ("leader requests/min", "/requests_per_min/leader"),
         ("follower requests/min", "/requests_per_min/follower"),
         (
@@ -551,6 +619,8 @@ fn report(r: &Value, quick: bool) -> String {
         let (fa, fb) = (fmt(&a), fmt(&b));
         let fb = if ptr == "/image_bytes" && b.is_null() {
             "not built".into()
+        } else if ptr.starts_with("/switchover") && b.is_null() {
+            "not offered".into()
         } else {
             fb
         };
