@@ -248,12 +248,7 @@ impl Bench {
         for i in 0..self.handovers {
             std::thread::sleep(Duration::from_secs(1));
             let leader = observer.leader().expect("a leader");
-            let target = pods
-                .iter()
-                .rev()
-                .find(|p| **p != leader)
-                .unwrap()
-                .clone();
+            let target = pods.iter().rev().find(|p| **p != leader).unwrap().clone();
             let before = observer.gaps().len();
             let t0 = Instant::now();
             ns.api.patch(
@@ -579,10 +574,7 @@ fn report(r: &Value, quick: bool) -> String {
         ("crash failover p50 (ms)", "/crash_failover_ms/p50"),
         ("crash failover p95 (ms)", "/crash_failover_ms/p95"),
         ("unready failover (ms)", "/unready_failover_ms/p50"),
-        (
-            "switchover to a named pod p50 (ms)",
-            "/switchover_ms/p50",
-        ),
+        ("switchover to a named pod p50 (ms)", "/switchover_ms/p50"),
         (
             "switchover leaderless gap p50 (ms)",
             "/switchover_gap_ms/p50",

@@ -121,6 +121,7 @@ pub fn run(cfg: &Config, client: Client, telemetry: Arc<Telemetry>) -> Result<Ex
                 report.events.finish(Duration::from_secs(1));
                 return Ok(how);
             }
+            report.telemetry.note_action(&action, core.is_leader());
             let started = std::time::Instant::now();
             let outcome = match core.call_deadline(started) {
                 Some(by) => exec.execute(&exec.client.bounded(by - started), &action),
@@ -212,6 +213,8 @@ impl Reporter {
             }
         }
         let state = core.summary();
+        self.telemetry
+            .observe_leadership(&state, std::time::Instant::now());
         let old = self.telemetry.snapshot();
         // The wall-clock time of a renewal is taken when we first see it.
         let renewed_unix = match state.renewed_at {

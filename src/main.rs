@@ -52,7 +52,9 @@ fn main() -> ExitCode {
         .watch_timeout
         .map_or(WATCH_SILENCE, |t| t + Duration::from_secs(30))
         .min(WATCH_SILENCE);
-    let telemetry = Arc::new(Telemetry::new(&cfg.pod_name, cfg.renew_deadline));
+    let telemetry = Arc::new(
+        Telemetry::new(&cfg.pod_name, cfg.renew_deadline).with_election(&cfg.election_name),
+    );
     let client = match Client::new(
         &cfg.connection,
         ClientOptions {
