@@ -495,3 +495,48 @@ fn rotated_ca_bundle_is_picked_up_without_a_restart() {
         a.output()
     );
 }
+
+/// Issue 12: an API server that answers 429 with `Retry-After: 3` (priority and
+/// fairness) is not asked again before those 3 s are up, as client-go honours it.
+#[test]
+fn retry_after_is_honoured() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "retry-after");
+    ns.create_pod("pod-a", true);
+    let observer = Observer::start(&ns);
+    let proxy = FaultProxy::start(cluster);
+    let _a = Sidecar::spawn_with(
+        &ns,
+        "pod-a",
+        SidecarOptions {
+            server: Some(proxy.url()),
+            // Watches that end every second, so a new one is asked for soon.
+            extra: &["--watch-timeout=1s"],
+        },
+    );
+    observer.wait_until(secs(15), "pod-a leads", |s| {
+        s.leader().as_deref() == Some("pod-a")
+    });
+    proxy.set(Kind::LeaseWatch, Some(Fault::Busy(429, 3)));
+    proxy.wait_count(
+        Kind::LeaseWatch,
+        proxy.count(Kind::LeaseWatch) + 3,
+        secs(30),
+    );
+    proxy.clear();
+    let busy: Vec<Instant> = proxy
+        .records()
+        .iter()
+        .filter(|r| r.kind == Kind::LeaseWatch && r.fault == Some(Fault::Busy(429, 3)))
+        .map(|r| r.at)
+        .collect();
+    assert!(busy.len() >= 3, "{busy:?}");
+    for pair in busy.windows(2) {
+        let waited = pair[1] - pair[0];
+        assert!(
+            waited >= Duration::from_millis(2_900),
+            "asked again {waited:?} after a Retry-After of 3 s"
+        );
+    }
+    observer.assert_never_two_leaders();
+}

@@ -102,6 +102,9 @@ pub enum Fault {
     /// Read the request, then reset the client connection at once (`SO_LINGER` 0, RST):
     /// never forwarded, the client sees "connection reset".
     Refuse,
+    /// Answer at once with this status and `Retry-After: <seconds>`, never forwarded, as
+    /// kube-apiserver's priority and fairness (429) or a load balancer (503) does.
+    Busy(u16, u32),
 }
 
 /// One request seen by the proxy, updated as it progresses.
@@ -981,6 +984,23 @@ fn handle<'a>(
         Some(Fault::Refuse) => {
             finish(None);
             return Next::Reset;
+        }
+        Some(Fault::Busy(code, seconds)) => {
+            let body = status_body(code, 0);
+            let mut out = format!(
+                "HTTP/1.1 {code} {}\r\nRetry-After: {seconds}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                reason_for(code),
+                body.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(&body);
+            let ok = client.write_all(&out).and_then(|_| client.flush());
+            finish(Some(code));
+            return if ok.is_ok() {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
         }
         Some(Fault::Stall) => match shared.hold_while_stalled(seq, kind, fault, source) {
             Err(()) => {
