@@ -105,6 +105,17 @@ impl Core {
     }
 
     pub(super) fn plan_handover(&self, o: &Observed, now: Instant, must_leave: bool) -> Plan {
+        let best = self.successor().map(|p| p.name.clone());
+        if must_leave {
+            // No time for anything but the release (a valid switchover target first).
+            let asked = o.lease.switchover_to().filter(|to| {
+                *to != self.s.me && self.pods.get(*to).is_some_and(|p| self.unfit(p).is_none())
+            });
+            return Plan::Release {
+                to: asked.map(str::to_string).or(best).unwrap_or_default(),
+                why: "time to leave",
+            };
+        }
         if let Some(to) = o.lease.switchover_to() {
             if to == self.s.me {
                 return Plan::Refuse(String::new());
@@ -119,13 +130,6 @@ impl Core {
                     why: "switchover requested on the Lease",
                 },
                 Some(why) => Plan::Refuse(format!("switchover to {to} refused: {why}")),
-            };
-        }
-        let best = self.successor().map(|p| p.name.clone());
-        if must_leave {
-            return Plan::Release {
-                to: best.unwrap_or_default(),
-                why: "time to leave",
             };
         }
         let own = self.own.as_ref();

@@ -718,13 +718,20 @@ impl Core {
                 // lease is ours and the label is on this same pod. But if this pod cannot
                 // serve and a ready participant can, release instead of making everyone
                 // wait out a lease nobody renews.
-                if o.holder() == self.s.me && !self.eligible() && self.successor().is_some() {
-                    log::info!(
-                        "releasing the Lease this pod held before a restart: it is not ready"
-                    );
+                // Ours, but this pod is leaving (the Lease outlived our leadership, e.g.
+                // past the renew deadline during an outage), or cannot serve while a
+                // ready participant can: release it rather than make everyone wait out
+                // a lease nobody renews. Not leading, so nothing to stop first.
+                let best = self.successor().map(|p| p.name.clone());
+                if o.holder() == self.s.me && (must_leave || (!self.eligible() && best.is_some())) {
+                    log::info!("releasing the Lease that still names this pod: it cannot lead");
                     return Some(Action::UpdateLease {
                         base: o.lease.clone(),
-                        record: election::release(&o.lease.record, now.wall, ""),
+                        record: election::release(
+                            &o.lease.record,
+                            now.wall,
+                            &best.unwrap_or_default(),
+                        ),
                     });
                 }
                 if o.holder() == self.s.me {

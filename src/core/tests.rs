@@ -1173,3 +1173,45 @@ fn the_preferred_zone_wins_at_equal_priority() {
     w.run();
     assert_eq!(released_to(&w).as_deref(), Some("pod-c"));
 }
+
+#[test]
+fn a_leader_past_its_drain_deadline_releases_whatever_the_lease_asks() {
+    let mut w = World::leading();
+    w.feed(Observation::Signal);
+    w.run();
+    run_until(&mut w, 0, 26_900, 100);
+    // Asked at the last moment, for a pod that cannot lead.
+    w.annotate_lease("my-app/switchover-to", "pod-zz");
+    w.at(27_000);
+    w.writes.clear();
+    w.run();
+    assert_eq!(
+        w.writes.first().map(String::as_str),
+        Some("lease holder=\"\""),
+        "{:?}",
+        w.writes
+    );
+}
+
+#[test]
+fn a_leaving_pod_releases_a_lease_that_still_names_it() {
+    // A leader cut off past its renew deadline (so no longer leading) gets SIGTERM; the
+    // Lease still names it when the server answers again: release it on the way out,
+    // rather than leave the others to wait it out.
+    let mut w = World::leading();
+    w.fail_next(u32::MAX, KubeError::Transport("unreachable".into()));
+    run_until(&mut w, 0, 12_000, 100);
+    assert!(!w.core.is_leader());
+    // Twice: leave now.
+    w.feed(Observation::Signal);
+    w.feed(Observation::Signal);
+    w.fail = None;
+    w.writes.clear();
+    run_until(&mut w, 12_000, 16_000, 100);
+    assert_eq!(
+        w.lease.as_ref().unwrap().record.holder,
+        "",
+        "{:?}",
+        w.writes
+    );
+}
