@@ -200,8 +200,11 @@ fn leader_killed_during_an_outage_is_replaced_a_lease_after_it() {
     });
     let took = seen - back;
     eprintln!("replaced {took:?} after the API server was back");
+    // Not before a lease has passed in contact; and within the promise the chaos test
+    // holds (lease + 2 x retry): a restarted kube-apiserver answers 403 until its RBAC
+    // cache has synced, and the followers probe it at the retry pace meanwhile.
     assert!(
-        took >= LEASE && took <= LEASE + RETRY + Duration::from_millis(300),
+        took >= LEASE && took <= LEASE + RETRY * 2 + Duration::from_millis(300),
         "replaced {took:?} after the outage (lease {LEASE:?}, retry {RETRY:?})"
     );
 }
