@@ -258,13 +258,25 @@ fn pod_deletion_starts_the_drain_without_a_signal() {
         s.leader().as_deref() == Some(other)
     });
     assert!(seen - t0 < SECOND, "handover took {:?}", seen - t0);
-    let status = by_pod(&mut sidecars, &leader)
-        .wait_exit(secs(5))
-        .expect("drained sidecar exits without SIGTERM");
+    // Drained, it stays for the kubelet's SIGTERM: a container that exits first is
+    // restarted by the kubelet (tests/node.rs found it), and a native sidecar would stop
+    // before its app.
+    let s = by_pod(&mut sidecars, &leader);
+    let until = Instant::now() + secs(5);
+    while !s.output().contains("waiting for the kubelet's SIGTERM") {
+        assert!(
+            s.is_running() && Instant::now() < until,
+            "a drained sidecar must wait for its signal:\n{}",
+            s.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.is_running());
+    assert!(s.output().contains("pod is being deleted"));
+    // The kubelet's part.
+    s.sigterm();
+    let status = s.wait_exit(secs(5)).expect("exits on SIGTERM");
     assert!(status.success());
-    assert!(by_pod(&mut sidecars, &leader)
-        .output()
-        .contains("pod is being deleted"));
 }
 
 /// Scenario 7.

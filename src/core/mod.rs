@@ -257,6 +257,8 @@ pub struct Core {
     handover: Option<(String, &'static str)>,
     /// `<election>/priority`, the pod annotation that ranks pods.
     priority_key: String,
+    /// Drained after a deletion, waiting for the kubelet's signal (said once).
+    awaiting_signal: bool,
 }
 
 impl Core {
@@ -289,6 +291,7 @@ impl Core {
             ready_since: BTreeMap::new(),
             handover: None,
             priority_key: String::new(),
+            awaiting_signal: false,
         };
         core.priority_key = priority_key;
         core
@@ -591,6 +594,10 @@ impl Core {
         self.check_timers(now.mono);
         if let Some(d) = &self.drain {
             if now.mono >= d.give_up {
+                if self.settled() {
+                    log::info!("grace period over without a signal; leaving");
+                    return Some(Action::Exit(Exit::Clean));
+                }
                 log::warn!("drain deadline passed before the API server answered; exiting");
                 return Some(Action::Exit(Exit::Incomplete));
             }
@@ -818,15 +825,37 @@ impl Core {
             .map(Action::Patch)
     }
 
-    fn exit_action(&self) -> Option<Action> {
-        let leaving = self.drain.is_some() || self.own_gone;
-        let settled = match &self.role {
+    /// A leaving pod's work is done: not leading, not participating, not labeled leader.
+    fn settled(&self) -> bool {
+        match &self.role {
             Role::Follower => self.own.as_ref().is_some_and(|p| {
                 p.label(&self.s.keys.participant).is_none() && !self.s.keys.says_leader(p)
             }),
             _ => false,
-        };
-        (leaving && (settled || self.own_gone)).then_some(Action::Exit(Exit::Clean))
+        }
+    }
+
+    fn exit_action(&mut self) -> Option<Action> {
+        if !self.leaving() {
+            return None;
+        }
+        if self.own_gone {
+            return Some(Action::Exit(Exit::Clean));
+        }
+        if !self.settled() {
+            return None;
+        }
+        // A drain that began with the pod's deletion waits, settled, for the kubelet's
+        // SIGTERM: a container that exits first is restarted by the kubelet, and a native
+        // sidecar would stop before the app it serves (found under a real kubelet).
+        if self.drain.as_ref().is_some_and(|d| d.signals == 0) {
+            if !self.awaiting_signal {
+                log::info!("drained; waiting for the kubelet's SIGTERM");
+                self.awaiting_signal = true;
+            }
+            return None;
+        }
+        Some(Action::Exit(Exit::Clean))
     }
 
     // ---- outcomes --------------------------------------------------------------------

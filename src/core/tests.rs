@@ -1215,3 +1215,50 @@ fn a_leaving_pod_releases_a_lease_that_still_names_it() {
         w.writes
     );
 }
+
+#[test]
+fn a_deletion_drain_waits_for_the_kubelets_signal() {
+    // Found under a real kubelet (tests/node.rs): a sidecar that exits as soon as its
+    // deleted pod is settled is restarted by the kubelet, and a native sidecar would stop
+    // before the app. It stays, as a non-leader, until the SIGTERM.
+    let mut w = leader_with_follower();
+    w.update_pod(ME, |p| {
+        p.deleting = true;
+        p.deletion_grace_seconds = Some(30);
+    });
+    w.run();
+    // The successor fences us: handover done.
+    w.update_pod(ME, |p| {
+        p.labels.insert("e/is-leader".into(), "false".into());
+    });
+    for ms in (0..20_000).step_by(500) {
+        w.at(ms);
+        assert!(
+            !w.run().iter().any(|a| matches!(a, Action::Exit(_))),
+            "left at {ms} ms before the kubelet's signal"
+        );
+    }
+    w.feed(Observation::Signal);
+    assert_eq!(w.run(), [Action::Exit(Exit::Clean)]);
+}
+
+#[test]
+fn a_settled_deletion_drain_without_a_signal_ends_clean_at_its_deadline() {
+    let mut w = World::following("pod-a", 0);
+    w.update_pod(ME, |p| {
+        p.deleting = true;
+        p.deletion_grace_seconds = Some(10);
+    });
+    w.run();
+    let mut exit = None;
+    for ms in (0..12_000).step_by(100) {
+        w.at(ms);
+        if let Some(Action::Exit(e)) = w.run().last() {
+            exit = Some((ms, *e));
+            break;
+        }
+    }
+    let (ms, e) = exit.expect("exits");
+    assert_eq!(e, Exit::Clean, "settled: a clean exit");
+    assert!((9_000..10_000).contains(&ms), "{ms}");
+}
