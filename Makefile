@@ -11,7 +11,7 @@ SEED     ?=
 # Missing tools (Rust targets, Debian musl-tools, gcc-aarch64-linux-gnu, qemu-user,
 # buildah) are installed by scripts/deps.sh when a target needs them.
 
-.PHONY: help build static static-arm64 control-plane test test-unit test-e2e chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
+.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-node chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test-unit: ## Unit tests of the pure parts only (no cluster)
 
 test-e2e: control-plane ## End-to-end scenarios only
 	cargo test --test e2e
+
+test-node: control-plane ## The shipped image and manifests under a real kubelet and containerd (about 10 min)
+	cargo test --test node -- --test-threads=8
 
 chaos: control-plane ## Seeded chaos run: make chaos DURATION=30m [SEED=n] (make test runs 3 minutes)
 	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) cargo test --test chaos -- --nocapture

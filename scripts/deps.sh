@@ -8,6 +8,9 @@
 #                             unless qemu-aarch64(-static) is already there
 #   scripts/deps.sh image     an image builder: podman, docker with a daemon, or else
 #                             Debian buildah (daemonless)
+#   scripts/deps.sh node      the node tests' container runtime: Debian containerd (1.6,
+#                             with ctr) and runc, busybox-static for the local sandbox
+#                             and app image, and buildah to build that image
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -54,8 +57,14 @@ case "${1:-}" in
     fi
     apt_install buildah
     ;;
+  node)
+    if have containerd && have ctr && have runc && [ -x /bin/busybox ] && have buildah; then
+      exit 0
+    fi
+    apt_install containerd runc busybox-static buildah
+    ;;
   *)
-    echo "usage: $0 musl|arm64|image" >&2
+    echo "usage: $0 musl|arm64|image|node" >&2
     exit 2
     ;;
 esac

@@ -34,6 +34,14 @@ pub struct ClusterOptions {
     /// Also run kube-controller-manager with the EndpointSlice controller, and create the
     /// Node the test pods name.
     pub controller_manager: bool,
+    /// Keep kube-apiserver's ServiceAccount admission plugin on (the shared clusters turn
+    /// it off): it gives each pod the projected `kube-api-access-*` volume (token, ca.crt,
+    /// namespace) a kubelet mounts. For the node tests (`node.rs`).
+    pub service_account_admission: bool,
+    /// More kube-controller-manager controllers, after the default ones (with
+    /// `controller_manager`). `root-ca-cert-publisher` also passes `--root-ca-file=ca.crt`,
+    /// so the `kube-root-ca.crt` ConfigMap it publishes holds the test CA.
+    pub extra_controllers: Vec<&'static str>,
 }
 
 /// The node name every test pod carries.
@@ -248,7 +256,11 @@ impl Cluster {
             "--authorization-mode=RBAC".into(),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--allow-privileged=true".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
+            if opts.service_account_admission {
+                "--enable-admission-plugins=ServiceAccount".into()
+            } else {
+                "--disable-admission-plugins=ServiceAccount".into()
+            },
             format!("--service-account-issuer=https://127.0.0.1:{port}/"),
             format!("--service-account-key-file={}", d("sa.pub")),
             format!("--service-account-signing-key-file={}", d("sa.key")),
@@ -294,7 +306,7 @@ impl Cluster {
         };
         c.wait_ready();
         if opts.controller_manager {
-            c.start_controller_manager();
+            c.start_controller_manager(&opts.extra_controllers);
         }
         c
     }
@@ -313,7 +325,7 @@ impl Cluster {
     /// kube-controller-manager with only the controllers the Service proof needs:
     /// endpointslice, plus serviceaccount (creates each namespace's default account).
     /// Nothing that evicts or taints.
-    fn start_controller_manager(&mut self) {
+    fn start_controller_manager(&mut self, extra: &[&str]) {
         let kcm = self.bin.join("kube-controller-manager");
         assert!(
             kcm.exists(),
@@ -321,17 +333,26 @@ impl Cluster {
              unset KUBEBUILDER_ASSETS so tests/control-plane/build.sh builds it",
             kcm.display()
         );
+        let mut controllers = String::from("endpointslice,serviceaccount");
+        for c in extra {
+            controllers.push(',');
+            controllers.push_str(c);
+        }
+        let mut args = vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            format!("--controllers={controllers}"),
+            "--secure-port=0".into(),
+            "--leader-elect=false".into(),
+            "--use-service-account-credentials=false".into(),
+            "--concurrent-service-endpoint-syncs=5".into(),
+        ];
+        if extra.contains(&"root-ca-cert-publisher") {
+            args.push(format!("--root-ca-file={}", self.ca_file().display()));
+        }
         let child = spawn_logged(
             &self.dir,
             "kube-controller-manager",
-            Command::new(kcm).args([
-                format!("--kubeconfig={}", self.kubeconfig.display()),
-                "--controllers=endpointslice,serviceaccount".into(),
-                "--secure-port=0".into(),
-                "--leader-elect=false".into(),
-                "--use-service-account-credentials=false".into(),
-                "--concurrent-service-endpoint-syncs=5".into(),
-            ]),
+            Command::new(kcm).args(&args),
         );
         self.controller_manager = Some(Mutex::new(child));
         self.api.post(

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod endpoints;
 pub mod faults;
 pub mod namespace;
+pub mod node;
 pub mod observer;
 pub mod process;
 pub mod proxy;
