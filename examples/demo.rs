@@ -3,7 +3,8 @@
 //! Starts a real etcd and kube-apiserver on loopback (the test harness's), three pod
 //! objects and one sidecar process per pod, then walks through what happens in
 //! production, printing the pods' labels as they change and each handover's measured
-//! time: a follower turning unready, the leader drained by SIGTERM, the leader killed.
+//! time: a follower turning unready, the leader drained by SIGTERM, the leader killed, a
+//! switchover to a named pod.
 //! Everything it starts stops with it.
 
 #[path = "../tests/support/mod.rs"]
@@ -185,6 +186,46 @@ fn main() {
     println!(
         "   new leader {:.0} ms after the crash (lease duration 3000 ms); {leader}'s stale label was set to false",
         (seen - t0).as_secs_f64() * 1000.0
+    );
+    demo.table();
+
+    // The killed sidecar's container restarts, as the kubelet would do.
+    sidecars[idx] = Sidecar::spawn(&demo.ns, &leader, &[]);
+    demo.observer
+        .wait_until(Duration::from_secs(10), "all participate", |s| {
+            PODS.iter()
+                .all(|p| s.label(p, PARTICIPANT_KEY) == Some("true"))
+        });
+    let current = demo.leader();
+    let target = PODS.iter().rev().find(|p| **p != current).unwrap();
+    println!(
+        "5. An operator moves leadership to {target}: kubectl annotate lease my-app my-app/switchover-to={target}"
+    );
+    let t0 = Instant::now();
+    demo.ns.api.patch(
+        &format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
+            demo.ns.name
+        ),
+        "application/merge-patch+json",
+        &serde_json::json!({"metadata": {"annotations": {"my-app/switchover-to": target}}}),
+    );
+    let seen = demo
+        .observer
+        .wait_until(Duration::from_secs(10), "the named pod leads", |s| {
+            s.leader().as_deref() == Some(*target)
+        });
+    demo.follow(Duration::from_millis(300));
+    let gap = demo
+        .observer
+        .gaps()
+        .last()
+        .map(|(a, b)| *b - *a)
+        .unwrap_or_default();
+    println!(
+        "   {target} leads {:.1} ms after the request; no pod labeled leader for {:.1} ms",
+        (seen - t0).as_secs_f64() * 1000.0,
+        gap.as_secs_f64() * 1000.0
     );
     demo.table();
 
