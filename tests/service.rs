@@ -136,7 +136,7 @@ fn crash_moves_the_endpoint_to_the_new_leader() {
 }
 
 #[test]
-fn unready_leader_loses_the_endpoint_within_a_second() {
+fn unready_leader_loses_the_label_within_a_second_and_the_endpoint_soon_after() {
     let f = Fixture::new(
         Cluster::with_controllers(),
         "svc-unready",
@@ -146,13 +146,29 @@ fn unready_leader_loses_the_endpoint_within_a_second() {
     let other = if leader == "pod-a" { "pod-b" } else { "pod-a" };
     let t0 = Instant::now();
     f.ns.set_ready(&leader, false);
+    // leader-labeler's part: the label moves within a second.
+    let labeled = f.observer.wait_until(secs(5), "the other pod leads", |s| {
+        s.leader().as_deref() == Some(other)
+    });
+    assert!(
+        labeled - t0 < secs(1),
+        "label moved after {:?}",
+        labeled - t0
+    );
+    // The EndpointSlice controller's: usually tens of milliseconds more, but when its
+    // cache lags its own last write (the leader's endpoint was written a moment ago) it
+    // retries after up to a second (seen: 1.02 s in one run of many).
     let moved = f.endpoints.wait_for_only(&f.ns.pod_ip(other), secs(5));
     assert!(
-        moved - t0 < secs(1),
+        moved - t0 < secs(2),
         "endpoints moved after {:?}",
         moved - t0
     );
-    eprintln!("unready: endpoint moved in {:?}", moved - t0);
+    eprintln!(
+        "unready: label moved in {:?}, endpoint in {:?}",
+        labeled - t0,
+        moved - t0
+    );
     f.assert_never_two_endpoints();
 }
 
