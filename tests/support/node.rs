@@ -286,7 +286,7 @@ impl Node {
         push_child("ctr events", events);
 
         let kubelet_root = dir.join("kubelet");
-        let kubelet_port = free_port();
+        let kubelet_port = pod_port();
         let kubelet = start_kubelet(cluster, &bin, &dir, &sock, &kubelet_root, kubelet_port);
         let kubelet_pid = kubelet.id();
         push_child("kubelet", kubelet);
@@ -647,7 +647,7 @@ fn start_kubelet(
     port: u16,
 ) -> Child {
     let config = dir.join("kubelet.yaml");
-    let healthz = free_port();
+    let healthz = pod_port();
     // ../shared/notes/kubelet.md's configuration, plus: every path under `dir`, no
     // iptables chains, a 10 s sync (projected tokens are rewritten on pod syncs), and
     // no image garbage collection or disk eviction (the imported images must stay).
@@ -990,7 +990,7 @@ pub fn render(node: &Node, template: &Value, name: &str) -> (Value, u16) {
     let spec = &mut pod["spec"];
     spec["nodeName"] = json!(NODE_NAME);
     spec["hostNetwork"] = json!(true);
-    let http_port = free_port();
+    let http_port = pod_port();
     let api_port = node.cluster.port;
     for list in ["initContainers", "containers"] {
         let Some(containers) = spec[list].as_array_mut() else {
@@ -1007,7 +1007,7 @@ pub fn render(node: &Node, template: &Value, name: &str) -> (Value, u16) {
                         .expect("app readinessProbe");
                     probe.remove("httpGet");
                     probe.insert("exec".into(), json!({"command": ["cat", "/tmp/ready"]}));
-                    c["ports"] = json!([{"name": "http", "containerPort": free_port()}]);
+                    c["ports"] = json!([{"name": "http", "containerPort": pod_port()}]);
                 }
                 Some("leader-labeler") => {
                     c["image"] = json!(node.image);
@@ -1051,6 +1051,21 @@ pub fn container<'a>(pod: &'a mut Value, name: &str) -> &'a mut Value {
         .iter_mut()
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// A free port never handed out before by this test process. The kubelet admits a
+/// hostNetwork pod only if no other pod on the node declares the same ports, bound or not
+/// (a pod still starting, or terminating, holds them): a port that is merely free now
+/// could be one another pod has declared (seen: "Predicate NodePorts failed").
+pub fn pod_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let p = free_port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(p) {
+            return p;
+        }
+    }
 }
 
 /// Creates the pod in the namespace; returns it as the API server stored it.
