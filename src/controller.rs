@@ -276,10 +276,7 @@ fn patiently<T>(
             }
             Err(e) if e.is_transient() => {
                 streak.failed(&e);
-                let pause = backoff
-                    .next_delay()
-                    .max(e.retry_after().unwrap_or_default());
-                if let Ok(Observation::Signal) = rx.recv_timeout(pause) {
+                if let Ok(Observation::Signal) = rx.recv_timeout(e.pause(backoff.next_delay())) {
                     return Ok(None);
                 }
             }

@@ -35,6 +35,17 @@ impl Keys {
     pub fn says_leader(&self, pod: &Pod) -> bool {
         pod.label(&self.leader) == Some(self.leader_value.as_str())
     }
+
+    /// The annotation value that marks a pod as this election's (see `election_of`).
+    pub fn mark(&self) -> String {
+        format!("{}/", self.election)
+    }
+
+    /// A fence's annotation value: the mark, then the new holder and the Lease's
+    /// resourceVersion after its takeover, unique to that takeover.
+    pub fn stamp(&self, holder: &str, lease_version: &str) -> String {
+        format!("{}/{holder}:{lease_version}", self.election)
+    }
 }
 
 /// One merge patch of one pod.
@@ -174,7 +185,7 @@ pub fn next_patch(
     // same label key can tell this pod is not one of its own.
     let mut annotations = vec![];
     if election_of(keys, own) != Some(keys.election.as_str()) {
-        annotations.push((keys.leader.clone(), format!("{}/", keys.election)));
+        annotations.push((keys.leader.clone(), keys.mark()));
     }
     Some(Patch {
         pod: own.name.clone(),

@@ -180,16 +180,14 @@ fn poll_lease(
     let mut streak = Streak::new("Lease poll");
     let until = std::time::Instant::now() + span;
     while std::time::Instant::now() < until {
-        let mut pause = every;
-        let (ok, obs) = match client.get_lease(path) {
+        let (ok, obs, pause) = match client.get_lease(path) {
             Ok(lease) => {
                 streak.succeeded();
-                (true, Some(Observation::Lease(lease)))
+                (true, Some(Observation::Lease(lease)), every)
             }
             Err(e) => {
                 streak.failed(&e);
-                pause = pause.max(e.retry_after().unwrap_or_default());
-                (!e.is_transient(), None)
+                (!e.is_transient(), None, e.pause(every))
             }
         };
         let change = contact.update(ok).map(Observation::LeaseContact);

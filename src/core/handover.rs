@@ -82,20 +82,20 @@ impl Core {
             .max_by_key(|p| self.rank(p))
     }
 
-    /// The more preferred pod to fail back to, and when it will have been ready long
-    /// enough (None: nobody ranks above this pod, or failback is off).
-    fn failback(&self) -> Option<(&Pod, Instant)> {
+    /// When leadership fails back to `best` (the successor), once it has been ready long
+    /// enough; None: it does not rank above this pod, or failback is off.
+    fn failback_at(&self, best: &Pod) -> Option<Instant> {
         let wait = self.s.failback_after?;
         let own = self.own.as_ref()?;
-        let best = self.successor()?;
-        (self.rank(best) > self.rank(own))
-            .then(|| Some((best, *self.ready_since.get(&best.name)? + wait)))
-            .flatten()
+        if self.rank(best) <= self.rank(own) {
+            return None;
+        }
+        Some(*self.ready_since.get(&best.name)? + wait)
     }
 
     /// When a failback becomes due, for `next_wakeup`.
     pub(super) fn failback_due(&self) -> Option<Instant> {
-        self.failback().map(|(_, at)| at)
+        self.failback_at(self.successor()?)
     }
 
     /// Whether a released Lease is meant for another pod that may still take it.
@@ -105,14 +105,17 @@ impl Core {
     }
 
     pub(super) fn plan_handover(&self, o: &Observed, now: Instant, must_leave: bool) -> Plan {
-        let best = self.successor().map(|p| p.name.clone());
+        let best = self.successor();
         if must_leave {
             // No time for anything but the release (a valid switchover target first).
             let asked = o.lease.switchover_to().filter(|to| {
                 *to != self.s.me && self.pods.get(*to).is_some_and(|p| self.unfit(p).is_none())
             });
             return Plan::Release {
-                to: asked.map(str::to_string).or(best).unwrap_or_default(),
+                to: asked
+                    .or(best.map(|p| p.name.as_str()))
+                    .unwrap_or_default()
+                    .to_string(),
                 why: "time to leave",
             };
         }
@@ -134,19 +137,22 @@ impl Core {
         }
         let own = self.own.as_ref();
         let cannot_serve = !self.eligible() || own.is_some_and(|p| self.priority(p) == 0);
-        if let (true, Some(to)) = (cannot_serve, best) {
+        let Some(best) = best else {
+            return Plan::Stay;
+        };
+        if cannot_serve {
             let participating = own.is_some_and(|p| p.label(&self.s.keys.participant).is_some());
             if participating && !self.eligible() {
                 return Plan::DropParticipationFirst;
             }
             return Plan::Release {
-                to,
+                to: best.name.clone(),
                 why: "this pod cannot serve and a ready participant can",
             };
         }
-        match self.failback() {
-            Some((p, at)) if now >= at && !cannot_serve => Plan::Release {
-                to: p.name.clone(),
+        match self.failback_at(best) {
+            Some(at) if now >= at => Plan::Release {
+                to: best.name.clone(),
                 why: "failback to a more preferred pod",
             },
             _ => Plan::Stay,

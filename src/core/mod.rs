@@ -253,8 +253,8 @@ pub struct Core {
     foreign_seen: BTreeSet<String>,
     /// Since when each pod has been a ready participant, by our clock (failback waits).
     ready_since: BTreeMap<String, Instant>,
-    /// The handover a pending release is for: target and reason.
-    handover: Option<(String, &'static str)>,
+    /// Why a pending release is sent (its target is in the record written).
+    release_why: Option<&'static str>,
     /// `<election>/priority`, the pod annotation that ranks pods.
     priority_key: String,
     /// Drained after a deletion, waiting for the kubelet's signal (said once).
@@ -263,8 +263,8 @@ pub struct Core {
 
 impl Core {
     pub fn new(s: Settings, jitter: Jitter) -> Core {
-        let priority_key = format!("{}/priority", s.keys.election);
-        let mut core = Core {
+        Core {
+            priority_key: format!("{}/priority", s.keys.election),
             s,
             lease: LeaseView::Unknown,
             pods: BTreeMap::new(),
@@ -289,12 +289,9 @@ impl Core {
             replaced: false,
             foreign_seen: BTreeSet::new(),
             ready_since: BTreeMap::new(),
-            handover: None,
-            priority_key: String::new(),
+            release_why: None,
             awaiting_signal: false,
-        };
-        core.priority_key = priority_key;
-        core
+        }
     }
 
     pub fn role(&self) -> &Role {
@@ -407,12 +404,12 @@ impl Core {
             Observation::PodGone(p) => {
                 self.pods.remove(&p.name);
                 self.ready_since.remove(&p.name);
-                if p.name == self.s.me && p.deleting && !self.replaced {
-                    // Deleted at once (a force deletion, grace 0): the release still
-                    // goes out, which usually fits before the kubelet's SIGKILL.
-                    self.start_deletion_drain(&p, now);
-                }
                 if p.name == self.s.me {
+                    if p.deleting && !self.replaced {
+                        // Deleted at once (a force deletion, grace 0): the release still
+                        // goes out, which usually fits before the kubelet's SIGKILL.
+                        self.start_deletion_drain(&p, now);
+                    }
                     // Deleted, or someone removed our label: forget our labels so they
                     // are written again (a 404 then tells us the pod is gone).
                     if let Some(own) = &mut self.own {
@@ -675,43 +672,40 @@ impl Core {
             self.own_gone || self.drain.as_ref().is_some_and(|d| d.must_leave(now.mono));
         match (&self.role, &self.lease) {
             (Role::Leader(l), LeaseView::Present(o)) => {
-                let (o, renew_due) = (o.clone(), now.mono >= l.renew_due);
-                match self.plan_handover(&o, now.mono, must_leave) {
-                    Plan::Stay => renew_due.then(|| self.claim(&o, now)),
-                    // Drop the participation label first, so the successor's fencing
-                    // patch on our pod is not spoiled by a conflict with it; renew
-                    // meanwhile: a label write that keeps failing must never cost the
-                    // lease.
-                    Plan::DropParticipationFirst => renew_due.then(|| self.claim(&o, now)),
+                let plan = self.plan_handover(o, now.mono, must_leave);
+                let action = match &plan {
+                    // DropParticipationFirst: the successor's fencing patch on our pod
+                    // must not be spoiled by a conflict with that write; renew meanwhile,
+                    // as a label write that keeps failing must never cost the lease.
+                    Plan::Stay | Plan::DropParticipationFirst => {
+                        (now.mono >= l.renew_due).then(|| self.claim(o, now))
+                    }
+                    // Both answer a switchover request: the write removes it.
+                    Plan::Release { to, .. } => Some(Action::UpdateLease {
+                        base: o.lease.without_switchover(),
+                        record: election::release(&o.lease.record, now.wall, to),
+                    }),
+                    Plan::Refuse(_) => Some(Action::UpdateLease {
+                        base: o.lease.without_switchover(),
+                        record: self.claim_record(o, now),
+                    }),
+                };
+                match plan {
                     Plan::Release { to, why } => {
                         if to.is_empty() {
                             log::info!("releasing the Lease: {why}");
                         } else {
                             log::info!("handing over to {to}: {why}");
                         }
-                        self.handover = Some((to.clone(), why));
-                        Some(Action::UpdateLease {
-                            base: o.lease.without_switchover(),
-                            record: election::release(&o.lease.record, now.wall, &to),
-                        })
+                        self.release_why = Some(why);
                     }
-                    Plan::Refuse(why) => {
-                        if !why.is_empty() {
-                            log::warn!("{why}");
-                            self.notices.push(Notice::SwitchoverRefused(why));
-                        }
-                        // Answered: the request goes with this renewal.
-                        Some(Action::UpdateLease {
-                            base: o.lease.without_switchover(),
-                            record: election::claim(
-                                Some(&o.lease.record),
-                                &self.s.me,
-                                now.wall,
-                                self.s.lease_duration,
-                            ),
-                        })
+                    Plan::Refuse(why) if !why.is_empty() => {
+                        log::warn!("{why}");
+                        self.notices.push(Notice::SwitchoverRefused(why));
                     }
+                    _ => {}
                 }
+                action
             }
             (Role::Follower, LeaseView::Absent) if self.contact_lost.is_some() => {
                 Some(Action::GetLease)
@@ -721,31 +715,29 @@ impl Core {
             )),
             (Role::Follower, LeaseView::Present(o)) => {
                 // Our own name on the lease: a restart of this sidecar in the same pod (or
-                // a StatefulSet pod recreated under the same name). Resume at once: the
-                // lease is ours and the label is on this same pod. But if this pod cannot
-                // serve and a ready participant can, release instead of making everyone
-                // wait out a lease nobody renews.
-                // Ours, but this pod is leaving (the Lease outlived our leadership, e.g.
-                // past the renew deadline during an outage), or cannot serve while a
-                // ready participant can: release it rather than make everyone wait out
-                // a lease nobody renews. Not leading, so nothing to stop first.
-                let best = self.successor().map(|p| p.name.clone());
-                if o.holder() == self.s.me && (must_leave || (!self.eligible() && best.is_some())) {
-                    log::info!("releasing the Lease that still names this pod: it cannot lead");
-                    return Some(Action::UpdateLease {
-                        base: o.lease.clone(),
-                        record: election::release(
-                            &o.lease.record,
-                            now.wall,
-                            &best.unwrap_or_default(),
-                        ),
-                    });
-                }
+                // a StatefulSet pod recreated under the same name), or a Lease that
+                // outlived our leadership (past the renew deadline in an outage). Resume
+                // at once: the lease is ours and the label is on this same pod. But if
+                // this pod is leaving, or cannot serve while a ready participant can,
+                // release it rather than make everyone wait out a lease nobody renews
+                // (not leading, so nothing to stop first).
                 if o.holder() == self.s.me {
-                    // Ours, but only a successful write makes us leader again (and then
-                    // we fence as after any takeover): after a restart, after a renewal
-                    // or takeover whose answer was lost, after an outage.
-                    return (!must_leave).then(|| self.claim(o, now));
+                    let best = self.successor().map(|p| p.name.as_str());
+                    if must_leave || (!self.eligible() && best.is_some()) {
+                        log::info!("releasing the Lease that still names this pod: it cannot lead");
+                        return Some(Action::UpdateLease {
+                            base: o.lease.clone(),
+                            record: election::release(
+                                &o.lease.record,
+                                now.wall,
+                                best.unwrap_or_default(),
+                            ),
+                        });
+                    }
+                    // Only a successful write makes us leader again (and then we fence as
+                    // after any takeover): after a restart, after a renewal or takeover
+                    // whose answer was lost, after an outage.
+                    return Some(self.claim(o, now));
                 }
                 if self.contact_lost.is_some() {
                     // Probe until the API server answers; judge nothing meanwhile.
@@ -780,13 +772,17 @@ impl Core {
     fn claim(&self, o: &Observed, now: Now) -> Action {
         Action::UpdateLease {
             base: o.lease.clone(),
-            record: election::claim(
-                Some(&o.lease.record),
-                &self.s.me,
-                now.wall,
-                self.s.lease_duration,
-            ),
+            record: self.claim_record(o, now),
         }
+    }
+
+    fn claim_record(&self, o: &Observed, now: Now) -> LeaseRecord {
+        election::claim(
+            Some(&o.lease.record),
+            &self.s.me,
+            now.wall,
+            self.s.lease_duration,
+        )
     }
 
     fn label_action(&mut self, now: Instant) -> Option<Action> {
@@ -942,6 +938,7 @@ impl Core {
             _ => String::new(),
         };
         let transitions = lease.record.transitions;
+        let handed_to = lease.record.handover_to.clone();
         if let LeaseWrite::Release { .. } = kind {
             // Our own release: not a loss of leadership to report.
             self.role = Role::Follower;
@@ -951,12 +948,7 @@ impl Core {
             LeaseWrite::Acquire => {
                 // The Lease's new resourceVersion makes the stamp unique to this takeover
                 // (transitions restart at 0 when the Lease is recreated).
-                let stamp = format!(
-                    "{}/{}:{}",
-                    self.s.keys.election,
-                    self.s.me,
-                    self.lease_version()
-                );
+                let stamp = self.s.keys.stamp(&self.s.me, self.lease_version());
                 if previous == self.s.me {
                     log::info!("resumed leadership: the Lease still named this pod");
                 } else if previous.is_empty() {
@@ -987,9 +979,9 @@ impl Core {
             }
             LeaseWrite::Release { forced } => {
                 log::info!("released the Lease");
-                let (to, why) = self.handover.take().unwrap_or_default();
+                let why = self.release_why.take().unwrap_or_default();
                 if !forced {
-                    self.notices.push(Notice::HandedOver { to, why });
+                    self.notices.push(Notice::HandedOver { to: handed_to, why });
                 }
                 self.role = Role::HandingOver {
                     since: now.mono,
@@ -1019,17 +1011,16 @@ impl Core {
         }
         // A server that says when to come back (429/5xx with Retry-After) is believed,
         // except by a leader past a retry period: its renew deadline comes first.
-        let asked = e.retry_after().unwrap_or_default();
         let delay = match (&mut self.role, e) {
             (Role::Leader(l), _) => {
-                let delay = (self.s.retry_period / 2).max(asked.min(self.s.retry_period));
+                let delay = e.pause(self.s.retry_period / 2).min(self.s.retry_period);
                 l.renew_due = now + delay;
                 delay
             }
             // A missing permission stays missing, but a kube-apiserver that is starting
             // answers 403 until its RBAC cache is synced: probe on while out of contact.
             (_, KubeError::Forbidden(_)) if self.contact_lost.is_none() => self.s.retry_period * 5,
-            _ => self.jitter.stretch(self.s.retry_period, 1.2).max(asked),
+            _ => e.pause(self.jitter.stretch(self.s.retry_period, 1.2)),
         };
         self.lease_retry_at = Some(now + delay);
     }
@@ -1089,10 +1080,7 @@ impl Core {
         self.log_failure(e, self.label_failures, what, pod);
         let exp = self.label_failures.min(6);
         let base = (self.s.retry_period / 4).max(Duration::from_millis(50)) * (1 << (exp - 1));
-        let delay = self
-            .jitter
-            .stretch(base.min(self.s.retry_period * 4), 0.5)
-            .max(e.retry_after().unwrap_or_default());
+        let delay = e.pause(self.jitter.stretch(base.min(self.s.retry_period * 4), 0.5));
         self.labels_retry_at = Some(now + delay);
     }
 

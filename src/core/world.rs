@@ -456,11 +456,7 @@ impl World {
             .values()
             .filter(|p| self.core.s.keys.says_leader(p))
             // Pods of another election that shares the label key have leaders of their own.
-            .filter(|p| {
-                p.annotations
-                    .get("e/is-leader")
-                    .is_none_or(|a| !a.contains('/') || a.starts_with("my-app/"))
-            })
+            .filter(|p| labels::election_of(&self.core.s.keys, p).is_none_or(|e| e == "my-app"))
             .map(|p| p.name.clone())
             .collect();
         assert!(leaders.len() <= 1, "two leaders: {leaders:?}");

@@ -62,6 +62,12 @@ impl KubeError {
         }
     }
 
+    /// The pause before the next call after this error: `backoff`, or the server's
+    /// Retry-After if it asked for longer.
+    pub fn pause(&self, backoff: Duration) -> Duration {
+        backoff.max(self.retry_after().unwrap_or_default())
+    }
+
     /// A short word for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -378,23 +378,13 @@ impl Client {
                     .header("Content-Type", *ct)
                     .body(bytes.clone())
                     .map_err(|e| KubeError::Setup(format!("bad request {url}: {e}")))?;
-                match self.timeout {
-                    Some(t) => {
-                        agent.run(agent.configure_request(req).timeout_global(Some(t)).build())
-                    }
-                    None => agent.run(req),
-                }
+                run(agent, req, self.timeout)
             }
             None => {
                 let req = builder
                     .body(())
                     .map_err(|e| KubeError::Setup(format!("bad request {url}: {e}")))?;
-                match self.timeout {
-                    Some(t) => {
-                        agent.run(agent.configure_request(req).timeout_global(Some(t)).build())
-                    }
-                    None => agent.run(req),
-                }
+                run(agent, req, self.timeout)
             }
         };
         if let Some(t) = &self.inner.telemetry {
@@ -459,6 +449,18 @@ fn clip(bytes: &[u8]) -> String {
         format!("{}... ({} bytes)", &text[..end], text.len())
     } else {
         text.into_owned()
+    }
+}
+
+/// Runs a request, within `timeout` when it is shorter than the agent's own.
+fn run<B: ureq::AsSendBody>(
+    agent: &Agent,
+    req: http::Request<B>,
+    timeout: Option<Duration>,
+) -> Result<http::Response<ureq::Body>, ureq::Error> {
+    match timeout {
+        Some(t) => agent.run(agent.configure_request(req).timeout_global(Some(t)).build()),
+        None => agent.run(req),
     }
 }
 

@@ -154,8 +154,7 @@ pub fn run<T: Versioned>(
                 if give_up(streak.failures(), &e) {
                     return Stopped::GaveUp(e);
                 }
-                let asked = e.retry_after().unwrap_or_default();
-                std::thread::sleep(backoff.next_delay().max(asked));
+                std::thread::sleep(e.pause(backoff.next_delay()));
             }
         }
     }
