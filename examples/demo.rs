@@ -92,6 +92,15 @@ impl Demo<'_> {
         }
     }
 
+    /// The latest moment with no pod labeled leader.
+    fn last_gap(&self) -> Duration {
+        self.observer
+            .gaps()
+            .last()
+            .map(|(a, b)| *b - *a)
+            .unwrap_or_default()
+    }
+
     fn leader(&self) -> String {
         self.observer
             .wait_for_single_leader(Duration::from_secs(20))
@@ -155,12 +164,7 @@ fn main() {
         });
     demo.follow(Duration::from_millis(500));
     let status = sidecars[idx].wait_exit(Duration::from_secs(5));
-    let gap = demo
-        .observer
-        .gaps()
-        .last()
-        .map(|(a, b)| *b - *a)
-        .unwrap_or_default();
+    let gap = demo.last_gap();
     println!(
         "   new leader {:.1} ms after SIGTERM; no pod labeled leader for {:.1} ms; old sidecar exited: {}",
         (new_leader_seen - t0).as_secs_f64() * 1000.0,
@@ -216,12 +220,7 @@ fn main() {
             s.leader().as_deref() == Some(*target)
         });
     demo.follow(Duration::from_millis(300));
-    let gap = demo
-        .observer
-        .gaps()
-        .last()
-        .map(|(a, b)| *b - *a)
-        .unwrap_or_default();
+    let gap = demo.last_gap();
     println!(
         "   {target} leads {:.1} ms after the request; no pod labeled leader for {:.1} ms",
         (seen - t0).as_secs_f64() * 1000.0,

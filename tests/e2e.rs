@@ -122,9 +122,7 @@ fn readiness_gates_participation_and_leadership() {
     // The leader turns unready: it hands over to pod-a within a second.
     let t0 = Instant::now();
     ns.set_ready("pod-b", false);
-    let seen = observer.wait_until(secs(5), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    let seen = observer.wait_for_leader("pod-a", secs(5));
     let took = seen - t0;
     assert!(took < SECOND, "unready handover took {took:?}");
     observer.wait_until(secs(5), "pod-b stops participating", |s| {

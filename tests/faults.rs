@@ -55,13 +55,14 @@ fn resource_version(v: &Value) -> String {
         .to_string()
 }
 
-fn through(ns: &Namespace, pod: &str, proxy: &FaultProxy) -> Sidecar {
+/// A sidecar that talks to the API server through `proxy`, with `extra` arguments.
+fn through(ns: &Namespace, pod: &str, proxy: &FaultProxy, extra: &[&str]) -> Sidecar {
     Sidecar::spawn_with(
         ns,
         pod,
         SidecarOptions {
             server: Some(proxy.url()),
-            extra: &[],
+            extra,
         },
     )
 }
@@ -77,11 +78,9 @@ fn takeover_applied_with_its_answer_lost_still_fences_the_old_leader() {
     ns.create_pod("pod-b", true);
     let observer = Observer::start(&ns);
     let a = Sidecar::spawn(&ns, "pod-a", &[]);
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    observer.wait_for_leader("pod-a", secs(15));
     let pb = FaultProxy::start(cluster);
-    let _b = through(&ns, "pod-b", &pb);
+    let _b = through(&ns, "pod-b", &pb, &[]);
     observer.wait_until(secs(10), "pod-b participates", |s| {
         s.label("pod-b", PARTICIPANT_KEY) == Some("true")
     });
@@ -97,9 +96,7 @@ fn takeover_applied_with_its_answer_lost_still_fences_the_old_leader() {
         "pod-b's takeover applied, answer lost",
         |r| r.fault == Some(Fault::DropResponse) && r.applied(),
     );
-    observer.wait_until(secs(10), "pod-b leads", |s| {
-        s.leader().as_deref() == Some("pod-b")
-    });
+    observer.wait_for_leader("pod-b", secs(10));
     assert_eq!(
         late_claim(&ns, "pod-a", &in_flight),
         409,
@@ -119,10 +116,8 @@ fn failed_resume_after_a_restart_keeps_the_label() {
     ns.create_pod("pod-b", true);
     let observer = Observer::start(&ns);
     let pa = FaultProxy::start(cluster);
-    let mut a = through(&ns, "pod-a", &pa);
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    let mut a = through(&ns, "pod-a", &pa, &[]);
+    observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
     observer.wait_until(secs(10), "pod-b participates", |s| {
         s.label("pod-b", PARTICIPANT_KEY) == Some("true")
@@ -131,7 +126,7 @@ fn failed_resume_after_a_restart_keeps_the_label() {
     a.sigkill();
     pa.set(Kind::LeaseWrite, Some(Fault::Refuse));
     let seen = pa.count(Kind::LeaseWrite);
-    let _a2 = through(&ns, "pod-a", &pa);
+    let _a2 = through(&ns, "pod-a", &pa, &[]);
     pa.wait_count(Kind::LeaseWrite, seen + 2, secs(10));
     let from = pa.records().len();
     pa.set(Kind::LeaseWrite, None);
@@ -178,9 +173,7 @@ fn fence_changes_the_pod_even_when_the_lease_was_recreated() {
     let observer = Observer::start(&ns);
     let in_flight = resource_version(&ns.get_pod("pod-a"));
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
-    observer.wait_until(secs(15), "pod-b leads", |s| {
-        s.leader().as_deref() == Some("pod-b")
-    });
+    observer.wait_for_leader("pod-b", secs(15));
     assert_eq!(
         late_claim(&ns, "pod-a", &in_flight),
         409,
@@ -200,10 +193,8 @@ fn pod_recreated_under_the_same_name_is_left_to_its_new_sidecar() {
     ns.create_pod("pod-b", true);
     let observer = Observer::start(&ns);
     let pa = FaultProxy::start(cluster);
-    let mut old = through(&ns, "pod-a", &pa);
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    let mut old = through(&ns, "pod-a", &pa, &[]);
+    observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
     observer.wait_until(secs(10), "pod-b participates", |s| {
         s.label("pod-b", PARTICIPANT_KEY) == Some("true")
@@ -242,10 +233,8 @@ fn release_applied_with_its_answer_lost_claims_nothing_back() {
     ns.create_pod("pod-b", true);
     let observer = Observer::start(&ns);
     let pa = FaultProxy::start(cluster);
-    let mut a = through(&ns, "pod-a", &pa);
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    let mut a = through(&ns, "pod-a", &pa, &[]);
+    observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
     observer.wait_until(secs(10), "pod-b participates", |s| {
         s.label("pod-b", PARTICIPANT_KEY) == Some("true")
@@ -259,9 +248,7 @@ fn release_applied_with_its_answer_lost_claims_nothing_back() {
         "the release applied, answer lost",
         |r| r.fault == Some(Fault::DropResponse) && r.applied(),
     );
-    let took_over = observer.wait_until(secs(10), "pod-b leads", |s| {
-        s.leader().as_deref() == Some("pod-b")
-    });
+    let took_over = observer.wait_for_leader("pod-b", secs(10));
     a.wait_exit(secs(10))
         .unwrap_or_else(|| panic!("pod-a did not finish its drain:\n{}", a.output()));
     let relapsed = observer.with(|s| {
@@ -378,21 +365,17 @@ fn drain_under_a_hung_api_server_ends_within_the_grace_period() {
     ns.create_pod_with_grace("pod-a", true, 3);
     let observer = Observer::start(&ns);
     let proxy = FaultProxy::start(cluster);
-    let mut a = Sidecar::spawn_with(
+    let mut a = through(
         &ns,
         "pod-a",
-        SidecarOptions {
-            server: Some(proxy.url()),
-            extra: &[
-                "--lease-duration=15s",
-                "--renew-deadline=10s",
-                "--retry-period=2s",
-            ],
-        },
+        &proxy,
+        &[
+            "--lease-duration=15s",
+            "--renew-deadline=10s",
+            "--retry-period=2s",
+        ],
     );
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    observer.wait_for_leader("pod-a", secs(15));
     proxy.set(Kind::LeaseWrite, Some(Fault::Delay(secs(8))));
     proxy.set(Kind::PodWrite, Some(Fault::Delay(secs(8))));
     let sent = Instant::now();
@@ -429,9 +412,7 @@ fn force_deleted_leader_still_releases() {
         "--retry-period=2s",
     ];
     let mut a = Sidecar::spawn(&ns, "pod-a", &timings);
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &timings);
     observer.wait_until(secs(10), "pod-b participates", |s| {
         s.label("pod-b", PARTICIPANT_KEY) == Some("true")
@@ -505,18 +486,9 @@ fn retry_after_is_honoured() {
     ns.create_pod("pod-a", true);
     let observer = Observer::start(&ns);
     let proxy = FaultProxy::start(cluster);
-    let _a = Sidecar::spawn_with(
-        &ns,
-        "pod-a",
-        SidecarOptions {
-            server: Some(proxy.url()),
-            // Watches that end every second, so a new one is asked for soon.
-            extra: &["--watch-timeout=1s"],
-        },
-    );
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    // Watches that end every second, so a new one is asked for soon.
+    let _a = through(&ns, "pod-a", &proxy, &["--watch-timeout=1s"]);
+    observer.wait_for_leader("pod-a", secs(15));
     proxy.set(Kind::LeaseWatch, Some(Fault::Busy(429, 3)));
     proxy.wait_count(
         Kind::LeaseWatch,

@@ -81,9 +81,7 @@ fn failback_to_a_higher_priority_pod_after_the_hysteresis() {
     let observer = Observer::start(&ns);
     let args = ["--failback-after=3s"];
     let _a = Sidecar::spawn(&ns, "pod-a", &args);
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &args);
     observer.wait_until(secs(10), "pod-b labeled", |s| {
         s.label("pod-b", support::LEADER_KEY) == Some("false")
@@ -93,9 +91,7 @@ fn failback_to_a_higher_priority_pod_after_the_hysteresis() {
         s.label("pod-b", PARTICIPANT_KEY) == Some("true")
     });
     let ready = Instant::now();
-    observer.wait_until(secs(10), "pod-b leads", |s| {
-        s.leader().as_deref() == Some("pod-b")
-    });
+    observer.wait_for_leader("pod-b", secs(10));
     let after = ready.elapsed();
     assert!(
         after >= Duration::from_millis(2_900),
@@ -130,9 +126,7 @@ fn priority_zero_never_leads_even_when_it_is_the_only_ready_pod() {
     // A pod of normal priority leads at once; pod-a stays a replica.
     ns.create_pod("pod-b", true);
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
-    observer.wait_until(secs(15), "pod-b leads", |s| {
-        s.leader().as_deref() == Some("pod-b")
-    });
+    observer.wait_for_leader("pod-b", secs(15));
     assert_eq!(
         ns.label("pod-a", support::LEADER_KEY).as_deref(),
         Some("false")
@@ -149,9 +143,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
     }
     let observer = Observer::start(&ns);
     let _a = Sidecar::spawn(&ns, "pod-a", &[]);
-    observer.wait_until(secs(15), "pod-a leads", |s| {
-        s.leader().as_deref() == Some("pod-a")
-    });
+    observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
     let _c = Sidecar::spawn(&ns, "pod-c", &[]);
     observer.wait_until(secs(10), "all participate", |s| {
@@ -162,9 +154,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
     // To pod-c, past pod-b (which would win a free-for-all as often as not).
     let asked = Instant::now();
     annotate_lease(&ns, "my-app/switchover-to", "pod-c");
-    observer.wait_until(secs(5), "pod-c leads", |s| {
-        s.leader().as_deref() == Some("pod-c")
-    });
+    observer.wait_for_leader("pod-c", secs(5));
     let took = asked.elapsed();
     let gap = longest_gap_after(&observer, asked);
     eprintln!("switchover: pod-c led {took:?} after the request; leaderless for {gap:?}");

@@ -198,13 +198,7 @@ fn unready_pod_neither_participates_nor_competes() {
 /// Leader pod-b with a ready follower pod-a.
 fn leader_with_follower() -> World {
     let mut w = World::leading();
-    w.add_pod(
-        "pod-a",
-        true,
-        &[("e/is-leader", "false"), ("e/participant", "true")],
-    );
-    let a = w.pods["pod-a"].clone();
-    w.feed(Observation::PodChanged(a));
+    w.join("pod-a");
     w.run();
     assert!(w.core.is_leader());
     w.writes.clear();
@@ -318,10 +312,7 @@ fn second_signal_releases_now() {
 #[test]
 fn deletion_starts_the_drain_without_a_signal() {
     let mut w = leader_with_follower();
-    w.update_pod(ME, |p| {
-        p.deleting = true;
-        p.deletion_grace_seconds = Some(10);
-    });
+    w.delete_me(10);
     assert!(w.core.draining());
     w.run();
     assert_eq!(w.writes, ["pod-b participant=-", "lease holder=\"\""]);
@@ -796,10 +787,7 @@ fn renewal_never_waits_behind_a_failing_label_write() {
 #[test]
 fn a_later_deletion_with_a_shorter_grace_shortens_the_drain() {
     let mut w = World::leading();
-    w.update_pod(ME, |p| {
-        p.deleting = true;
-        p.deletion_grace_seconds = Some(30);
-    });
+    w.delete_me(30);
     w.run();
     w.at(1_000);
     // kubectl delete --grace-period=5 after the first delete.
@@ -816,10 +804,7 @@ fn a_later_deletion_with_a_shorter_grace_shortens_the_drain() {
 #[test]
 fn force_deletion_still_sends_the_release() {
     let mut w = leader_with_follower();
-    w.update_pod(ME, |p| {
-        p.deleting = true;
-        p.deletion_grace_seconds = Some(0);
-    });
+    w.delete_me(0);
     let actions = w.run();
     assert!(
         matches!(actions.first(), Some(Action::UpdateLease { record, .. }) if record.holder.is_empty()),
@@ -836,10 +821,7 @@ fn a_huge_grace_period_does_not_overflow() {
     w.feed(Observation::Signal);
     w.run();
     assert!(w.core.is_leader());
-    w.update_pod(ME, |p| {
-        p.deleting = true;
-        p.deletion_grace_seconds = Some(u64::MAX);
-    });
+    w.delete_me(u64::MAX);
     w.run();
     assert!(w.core.next_wakeup(w.now.mono).is_some());
 }
@@ -1036,13 +1018,7 @@ fn a_flapping_preferred_pod_does_not_pull_leadership() {
 #[test]
 fn a_release_meant_for_another_pod_is_left_to_it() {
     let mut w = World::following("pod-a", 2);
-    w.add_pod(
-        "pod-c",
-        true,
-        &[("e/is-leader", "false"), ("e/participant", "true")],
-    );
-    let c = w.pods["pod-c"].clone();
-    w.feed(Observation::PodChanged(c));
+    w.join("pod-c");
     w.at(500);
     let mut record = election::release(&w.lease.as_ref().unwrap().record, w.now.wall, "pod-c");
     record.transitions = 2;
@@ -1098,13 +1074,7 @@ fn a_leader_set_to_priority_zero_hands_over() {
 #[test]
 fn switchover_to_a_named_pod() {
     let mut w = leader_with_follower();
-    w.add_pod(
-        "pod-c",
-        true,
-        &[("e/is-leader", "false"), ("e/participant", "true")],
-    );
-    let c = w.pods["pod-c"].clone();
-    w.feed(Observation::PodChanged(c));
+    w.join("pod-c");
     w.run();
     w.take_notices_for_test();
     w.at(1_000);
@@ -1222,10 +1192,7 @@ fn a_deletion_drain_waits_for_the_kubelets_signal() {
     // deleted pod is settled is restarted by the kubelet, and a native sidecar would stop
     // before the app. It stays, as a non-leader, until the SIGTERM.
     let mut w = leader_with_follower();
-    w.update_pod(ME, |p| {
-        p.deleting = true;
-        p.deletion_grace_seconds = Some(30);
-    });
+    w.delete_me(30);
     w.run();
     // The successor fences us: handover done.
     w.update_pod(ME, |p| {
@@ -1245,10 +1212,7 @@ fn a_deletion_drain_waits_for_the_kubelets_signal() {
 #[test]
 fn a_settled_deletion_drain_without_a_signal_ends_clean_at_its_deadline() {
     let mut w = World::following("pod-a", 0);
-    w.update_pod(ME, |p| {
-        p.deleting = true;
-        p.deletion_grace_seconds = Some(10);
-    });
+    w.delete_me(10);
     w.run();
     let mut exit = None;
     for ms in (0..12_000).step_by(100) {

@@ -524,6 +524,25 @@ impl World {
         self.lease_event();
     }
 
+    /// Another ready participant joins, labeled follower; the watch delivers it.
+    pub fn join(&mut self, name: &str) {
+        self.add_pod(
+            name,
+            true,
+            &[("e/is-leader", "false"), ("e/participant", "true")],
+        );
+        let p = self.pods[name].clone();
+        self.feed(Observation::PodChanged(p));
+    }
+
+    /// Our pod is deleted with this grace period (seconds); the watch delivers it.
+    pub fn delete_me(&mut self, grace: u64) {
+        self.update_pod(ME, |p| {
+            p.deleting = true;
+            p.deletion_grace_seconds = Some(grace);
+        });
+    }
+
     /// Another process changes a pod; the watch delivers it.
     pub fn update_pod(&mut self, name: &str, f: impl FnOnce(&mut Pod)) {
         let mut p = self.pods[name].clone();

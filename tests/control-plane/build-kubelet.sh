@@ -21,10 +21,13 @@ cache=${LEADER_LABELER_CACHE:-$HOME/.cache/leader-labeler}
 bin=$cache/kube-$K8S_VERSION/bin
 mod=$cache/kube-$K8S_VERSION/kubelet-module
 
+who=kubelet
 fail() {
   echo "kubelet: ERROR: $*" >&2
   exit 1
 }
+# shellcheck source=go-build-env.sh
+. "$here/go-build-env.sh"
 
 if [ -x "$bin/kubelet" ]; then
   echo "kubelet: using $bin/kubelet" >&2
@@ -35,28 +38,15 @@ command -v go >/dev/null ||
   fail "'go' is not on PATH. Install Go 1.26 (https://go.dev/dl/) to build the kubelet."
 mkdir -p "$bin" "$mod" || fail "cannot create $bin. Set LEADER_LABELER_CACHE to a writable folder."
 
-exec 9>"$cache/kube-$K8S_VERSION/.build-kubelet.lock"
-if ! flock -n 9; then
-  echo "kubelet: another build is running; waiting for it" >&2
-  flock 9
-fi
+take_build_lock "$cache/kube-$K8S_VERSION/.build-kubelet.lock"
 if [ -x "$bin/kubelet" ]; then
   echo "$bin"
   exit 0
 fi
 
-export GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false"
-export GOGC=${GOGC:-50}
-jobs=()
-[ -n "${LEADER_LABELER_BUILD_JOBS:-}" ] && jobs=(-p "$LEADER_LABELER_BUILD_JOBS")
-gov=$(go env GOVERSION)
-case "$gov" in
-  go1.2[6-9]* | go1.[3-9][0-9]*) ;;
-  *) fail "$gov is too old: k8s.io/kubernetes $K8S_VERSION needs Go 1.26 or newer (GOTOOLCHAIN=local is kept on purpose)." ;;
-esac
+go_build_env mod ""
 cp "$here/go.mod" "$here/go.sum" "$mod/"
 cd "$mod"
-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
 start=$(date +%s)
 echo "kubelet: building kubelet ($K8S_VERSION) into $bin with $gov; first time only, expect about 3 minutes after build.sh" >&2
 if ! go build "${jobs[@]}" -trimpath -ldflags "$ldflags" -o "$bin/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet >&2; then

@@ -22,10 +22,13 @@ cache=${LEADER_LABELER_CACHE:-$HOME/.cache/leader-labeler}
 bin=$cache/kube-$K8S_VERSION/bin
 wanted=(etcd kube-apiserver kube-controller-manager)
 
+who=control-plane
 fail() {
   echo "control-plane: ERROR: $*" >&2
   exit 1
 }
+# shellcheck source=go-build-env.sh
+. "$here/go-build-env.sh"
 
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
   for b in etcd kube-apiserver; do
@@ -57,31 +60,15 @@ mkdir -p "$bin" || fail "cannot create $bin. Set LEADER_LABELER_CACHE to a writa
 
 # Two test binaries (or `make test` and `make demo`) may start at once: one builds, the
 # others wait for it and then find the binaries.
-exec 9>"$cache/kube-$K8S_VERSION/.build.lock"
-if ! flock -n 9; then
-  echo "control-plane: another build is running; waiting for it" >&2
-  flock 9
-fi
+take_build_lock "$cache/kube-$K8S_VERSION/.build.lock"
 if all_present; then
   echo "$bin"
   exit 0
 fi
 
-# The pinned module graph, exactly: never upgrade, never edit go.mod here (readonly), and
-# no automatic toolchain download (the module needs go 1.26.0).
-export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
-# Two cores and big links: keep memory in check (GOGC=50 trades CPU for about half the heap).
-export GOGC=${GOGC:-50}
-# LEADER_LABELER_BUILD_JOBS=1 builds one package at a time (slower, least memory).
-jobs=()
-[ -n "${LEADER_LABELER_BUILD_JOBS:-}" ] && jobs=(-p "$LEADER_LABELER_BUILD_JOBS")
-gov=$(go env GOVERSION)
-case "$gov" in
-  go1.2[6-9]* | go1.[3-9][0-9]*) ;;
-  *) fail "$gov is too old: k8s.io/kubernetes $K8S_VERSION needs Go 1.26 or newer (GOTOOLCHAIN=local is kept on purpose). Install Go 1.26, or set KUBEBUILDER_ASSETS." ;;
-esac
+# The pinned module graph, exactly: never upgrade, never edit go.mod here (readonly).
+go_build_env readonly " Install Go 1.26, or set KUBEBUILDER_ASSETS."
 cd "$here"
-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
 declare -A pkg=(
   [etcd]=go.etcd.io/etcd/server/v3
   [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver

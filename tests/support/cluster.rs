@@ -471,6 +471,31 @@ impl Cluster {
         drop(child.stdin.take());
         child.wait_with_output().unwrap()
     }
+
+    /// The objects of a manifest as kubectl parses it (`create --dry-run=client`), one
+    /// JSON value each; `what` names the manifest in the failure message.
+    pub fn manifest_objects(&self, yaml: &str, what: &str) -> Vec<serde_json::Value> {
+        let out = self.kubectl(
+            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+            Some(yaml),
+        );
+        assert!(
+            out.status.success(),
+            "kubectl could not read {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // One JSON document per object (or a List, depending on the kubectl version).
+        let docs: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("kubectl JSON");
+        docs.into_iter()
+            .flat_map(|d| match d["items"].as_array() {
+                Some(items) => items.clone(),
+                None => vec![d],
+            })
+            .collect()
+    }
 }
 
 impl Drop for Cluster {

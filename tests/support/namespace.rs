@@ -200,25 +200,9 @@ impl<'c> Namespace<'c> {
 
     /// deploy/rbac.yaml's Role for this namespace, as JSON.
     pub fn shipped_role(&self) -> Value {
-        let out = self.cluster.kubectl(
-            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-            Some(&rbac_manifest(&self.name)),
-        );
-        assert!(
-            out.status.success(),
-            "kubectl could not read deploy/rbac.yaml: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // One JSON document per object (or a List, depending on the kubectl version).
-        let docs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
-            .into_iter::<Value>()
-            .collect::<Result<_, _>>()
-            .expect("kubectl JSON");
-        docs.iter()
-            .flat_map(|d| match d["items"].as_array() {
-                Some(items) => items.clone(),
-                None => vec![d.clone()],
-            })
+        self.cluster
+            .manifest_objects(&rbac_manifest(&self.name), "deploy/rbac.yaml")
+            .into_iter()
             .find(|i| i["kind"] == "Role")
             .expect("deploy/rbac.yaml has a Role")
     }

@@ -949,25 +949,9 @@ pub const APP_SCRIPT: &str =
 /// read with kubectl so the YAML is parsed the way users' kubectl parses it.
 pub fn template(cluster: &Cluster, manifest: Manifest) -> Value {
     let text = std::fs::read_to_string(repo().join(manifest.file())).unwrap();
-    let out = cluster.kubectl(
-        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-        Some(&text),
-    );
-    assert!(
-        out.status.success(),
-        "kubectl could not read {}: {}",
-        manifest.file(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter::<Value>()
-        .collect::<Result<_, _>>()
-        .expect("kubectl JSON");
-    docs.iter()
-        .flat_map(|d| match d["items"].as_array() {
-            Some(items) => items.clone(),
-            None => vec![d.clone()],
-        })
+    cluster
+        .manifest_objects(&text, manifest.file())
+        .into_iter()
         .find(|i| i["kind"] == "Deployment" || i["kind"] == "StatefulSet")
         .map(|w| w["spec"]["template"].clone())
         .unwrap_or_else(|| panic!("{} has no Deployment or StatefulSet", manifest.file()))

@@ -249,6 +249,13 @@ impl Observer {
         self.leader().unwrap()
     }
 
+    /// Waits until `pod` is the one pod labeled leader; returns when it was seen.
+    pub fn wait_for_leader(&self, pod: &str, timeout: Duration) -> Instant {
+        self.wait_until(timeout, &format!("{pod} leads"), |s| {
+            s.leader().as_deref() == Some(pod)
+        })
+    }
+
     /// Runs `f` on the current state.
     pub fn with<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.shared.0.lock().unwrap_or_else(|e| e.into_inner()))
