@@ -28,11 +28,12 @@ static-arm64: ## Static aarch64 musl binary (cross gcc), checked under qemu
 control-plane: ## Build etcd + kube-apiserver for the tests (cached outside the tree)
 	tests/control-plane/build.sh
 
+# The node suite starts with scripts/image-check.sh (binary, image, --version in it, the
+# tarball): the check `make image-check` runs, so make test does not run it twice.
 test: control-plane ## Every test: unit, process, end-to-end against a real API server, a real node, image
 	cargo build --examples
 	cargo test --tests
 	cargo test --test node -- --test-threads=8 --skip $(NODE_LONG)
-	$(MAKE) image-check
 
 test-unit: ## Unit tests of the pure parts only (no cluster)
 	cargo test --lib --test cli
