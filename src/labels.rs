@@ -169,10 +169,16 @@ pub fn next_patch(
     if own.label(&keys.participant).map(str::to_string) != participant_value {
         labels.push((keys.participant.clone(), participant_value));
     }
-    if labels.is_empty() {
+    // Our election's mark rides along, so that another election configured with the
+    // same label key can tell this pod is not one of its own; a pod labeled by an older
+    // version gets it on its own.
+    let unmarked = election_of(keys, own) != Some(keys.election.as_str());
+    if labels.is_empty() && !unmarked {
         return None;
     }
-    let reason = if current == Some(leader_value) {
+    let reason = if labels.is_empty() {
+        "mark the election"
+    } else if current == Some(leader_value) {
         "update participation"
     } else if leader_value == keys.leader_value {
         "claim leadership"
@@ -181,10 +187,8 @@ pub fn next_patch(
     } else {
         "label follower"
     };
-    // Our election's mark rides along, so that another election configured with the
-    // same label key can tell this pod is not one of its own.
     let mut annotations = vec![];
-    if election_of(keys, own) != Some(keys.election.as_str()) {
+    if unmarked {
         annotations.push((keys.leader.clone(), keys.mark()));
     }
     Some(Patch {
@@ -222,6 +226,7 @@ mod tests {
         };
         if let Some(l) = leader {
             p.labels.insert("e/is-leader".into(), l.into());
+            p.annotations.insert("e/is-leader".into(), "my-app/".into());
         }
         if participant {
             p.labels.insert("e/participant".into(), "true".into());

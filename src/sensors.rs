@@ -185,9 +185,11 @@ fn poll_lease(
                 streak.succeeded();
                 (true, Some(Observation::Lease(lease)), every)
             }
+            // Contact is an answer that showed the Lease: a 403 while a restarted
+            // kube-apiserver syncs its RBAC cache is not (see `core::outage`).
             Err(e) => {
                 streak.failed(&e);
-                (!e.is_transient(), None, e.pause(every))
+                (false, None, e.pause(every))
             }
         };
         let change = contact.update(ok).map(Observation::LeaseContact);

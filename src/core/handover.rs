@@ -15,12 +15,26 @@
 //!    exists, after dropping the participation label.
 //! 4. **Failback**: to a pod that ranks higher (priority annotation `<election>/priority`,
 //!    then `--prefer-zone`) once it has been a ready participant for `--failback-after`,
-//!    so a flapping pod never pulls leadership back and forth.
+//!    so a flapping pod never pulls leadership back and forth, and only to a pod whose
+//!    sidecar is alive as far as the leader can tell: it carries the participation label
+//!    and has not let a Lease released for it pass since it last joined (`declined`; a
+//!    hung sidecar cannot take the Lease). A new leader fences before any of these.
+//!
+//! Followers leave a release that names a pod to that pod for a lease duration, but only
+//! while it is a ready participant that may lead and has not declined one before.
+//!
+//! A release the server refuses for sure (409: the Lease changed since we read it; 429:
+//! not even looked at) changed nothing: the leader leads on as before and decides again
+//! from the re-read Lease, so a switchover annotated twice costs a re-read, not a lease
+//! duration. A release whose fate is unknown (a timeout, a 5xx) may have been applied:
+//! the pod stays handing over, and while the Lease it last saw still names it, it
+//! releases again or resumes through a successful write (`safety`, rule 4).
 //!
 //! Priority 0 means "never lead": such a pod serves as a replica, is never handed over to
 //! and never takes the lease, even when it is the only ready pod.
 
 use super::*;
+use crate::kube::types::LeaseRecord;
 
 /// Pods without the annotation, or with a value that is not a whole number.
 const DEFAULT_PRIORITY: u32 = 1;
@@ -87,7 +101,7 @@ impl Core {
     fn failback_at(&self, best: &Pod) -> Option<Instant> {
         let wait = self.s.failback_after?;
         let own = self.own.as_ref()?;
-        if self.rank(best) <= self.rank(own) {
+        if self.rank(best) <= self.rank(own) || self.declined.contains(&best.name) {
             return None;
         }
         Some(*self.ready_since.get(&best.name)? + wait)
@@ -98,10 +112,46 @@ impl Core {
         self.failback_at(self.successor()?)
     }
 
-    /// Whether a released Lease is meant for another pod that may still take it.
+    /// Whether a released Lease is meant for another pod that may still take it: a ready
+    /// participant that may lead, for a lease duration. A designee that cannot take it
+    /// (unready, being deleted, priority 0, gone) is not waited for.
     pub(super) fn waiting_for_designee(&self, o: &Observed, now: Instant) -> bool {
         let to = &o.lease.record.handover_to;
-        !to.is_empty() && *to != self.s.me && now < o.observed_at + self.s.lease_duration
+        !to.is_empty()
+            && *to != self.s.me
+            && now < o.observed_at + self.s.lease_duration
+            && !self.declined.contains(to)
+            && self.pods.get(to).is_some_and(|p| self.unfit(p).is_none())
+    }
+
+    /// The Lease went from a release meant for `X` to another holder: `X` let it pass.
+    pub(super) fn note_declined(&mut self, prev: &LeaseRecord, next: &LeaseRecord) {
+        let to = &prev.handover_to;
+        if prev.holder.is_empty() && !to.is_empty() && !next.holder.is_empty() {
+            if next.holder == *to {
+                return;
+            }
+            if self.declined.insert(to.clone()) {
+                log::warn!(
+                    "{to} did not take the Lease released for it (is its sidecar running?); no failback to it until it rejoins"
+                );
+            }
+        } else if !next.holder.is_empty() {
+            self.declined.remove(&next.holder);
+        }
+    }
+
+    /// The server answered our release with an error. See the module documentation.
+    pub(super) fn release_refused(&mut self, was: Option<&Leading>, e: &KubeError) {
+        let refused = matches!(e, KubeError::Conflict(_))
+            || matches!(
+                e,
+                KubeError::Busy { code: 429, .. } | KubeError::Status { code: 429, .. }
+            );
+        if let Some(l) = was.filter(|_| refused && self.lease_holder() == self.s.me) {
+            log::info!("the release was refused ({}); leading on", e.kind());
+            self.role = Role::Leader(l.clone());
+        }
     }
 
     pub(super) fn plan_handover(&self, o: &Observed, now: Instant, must_leave: bool) -> Plan {

@@ -196,11 +196,15 @@ enum LeaseView {
     Present(Observed),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum LeaseWrite {
     Acquire,
     Renew,
-    Release { forced: bool },
+    /// `was`: the leadership given up to send it, restored if the server refuses it.
+    Release {
+        forced: bool,
+        was: Option<Box<Leading>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,6 +215,10 @@ enum Pending {
     GetPod(String),
     ListPods,
 }
+
+/// 403s on Lease calls in a row probed at the normal pace before slowing down: a
+/// kube-apiserver that restarts answers 403 for seconds until its RBAC cache syncs.
+const FORBIDDEN_BEFORE_SLOWING: u32 = 4;
 
 /// The decision core. See the module documentation.
 #[derive(Debug)]
@@ -227,6 +235,8 @@ pub struct Core {
     /// Back-off: no lease write before this.
     lease_retry_at: Option<Instant>,
     lease_failures: u32,
+    /// Lease calls answered 403 in a row.
+    forbidden_in_a_row: u32,
     /// Back-off: no pod write before this.
     labels_retry_at: Option<Instant>,
     label_failures: u32,
@@ -253,6 +263,15 @@ pub struct Core {
     foreign_seen: BTreeSet<String>,
     /// Since when each pod has been a ready participant, by our clock (failback waits).
     ready_since: BTreeMap<String, Instant>,
+    /// Pods that let a Lease released for them pass (someone else took it after the
+    /// courtesy wait): their sidecar may be hung, so no failback to them until they
+    /// leave and rejoin the ready participants.
+    declined: BTreeSet<String>,
+    /// This process's first view of the Lease showed no holder and no release (deleted or
+    /// emptied by hand): whoever held it may still act, unseen (`safety`, rule 2).
+    unseen_holder_since: Option<Instant>,
+    /// The switchover refusal last reported, until the request is gone from the Lease.
+    refused: Option<String>,
     /// Why a pending release is sent (its target is in the record written).
     release_why: Option<&'static str>,
     /// `<election>/priority`, the pod annotation that ranks pods.
@@ -275,6 +294,7 @@ impl Core {
             pending: None,
             lease_retry_at: None,
             lease_failures: 0,
+            forbidden_in_a_row: 0,
             labels_retry_at: None,
             label_failures: 0,
             lease_stale: false,
@@ -289,6 +309,9 @@ impl Core {
             replaced: false,
             foreign_seen: BTreeSet::new(),
             ready_since: BTreeMap::new(),
+            declined: BTreeSet::new(),
+            unseen_holder_since: None,
+            refused: None,
             release_why: None,
             awaiting_signal: false,
         }
@@ -373,12 +396,14 @@ impl Core {
     /// in every other sidecar's pod cache (and fenced by the next leader) before it can
     /// ever claim `true`.
     fn may_compete(&self) -> bool {
-        self.eligible()
-            && self.own.as_ref().is_some_and(|p| self.priority(p) > 0)
-            && self
-                .own
-                .as_ref()
-                .is_some_and(|p| p.labels.contains_key(&self.s.keys.leader))
+        self.eligible() && self.own.as_ref().is_some_and(|p| self.priority(p) > 0) && self.labeled()
+    }
+
+    /// Our pod carries the leadership label (any value).
+    fn labeled(&self) -> bool {
+        self.own
+            .as_ref()
+            .is_some_and(|p| p.labels.contains_key(&self.s.keys.leader))
     }
 
     fn leaving(&self) -> bool {
@@ -404,6 +429,7 @@ impl Core {
             Observation::PodGone(p) => {
                 self.pods.remove(&p.name);
                 self.ready_since.remove(&p.name);
+                self.declined.remove(&p.name);
                 if p.name == self.s.me {
                     if p.deleting && !self.replaced {
                         // Deleted at once (a force deletion, grace 0): the release still
@@ -432,6 +458,9 @@ impl Core {
     }
 
     fn observe_lease(&mut self, lease: Option<Lease>, now: Now) {
+        if self.lease == LeaseView::Unknown {
+            self.first_lease_view(lease.as_ref(), now.mono);
+        }
         match lease {
             None => {
                 if self.is_leader() {
@@ -456,6 +485,7 @@ impl Core {
                 if let Some(p) = &prev {
                     if p.lease.record != l.record {
                         self.note_rival(p, Some(&l.record));
+                        self.note_declined(&p.lease.record, &l.record);
                     }
                 }
                 let o = Observed::update(prev.as_ref(), l, now.mono);
@@ -520,6 +550,7 @@ impl Core {
             self.ready_since.entry(p.name.clone()).or_insert(now.mono);
         } else {
             self.ready_since.remove(&p.name);
+            self.declined.remove(&p.name);
         }
         if p.labels.contains_key(&self.s.keys.leader) && !foreign {
             self.pods.insert(p.name.clone(), p);
@@ -614,11 +645,17 @@ impl Core {
                             || self.own_gone;
                         // Stop acting as leader *before* the release is sent: if it is
                         // applied and the answer lost, a successor may already lead.
-                        self.role = Role::HandingOver {
-                            since: now.mono,
-                            wait: !forced,
+                        let was = match std::mem::replace(
+                            &mut self.role,
+                            Role::HandingOver {
+                                since: now.mono,
+                                wait: !forced,
+                            },
+                        ) {
+                            Role::Leader(l) => Some(Box::new(l)),
+                            _ => None,
                         };
-                        LeaseWrite::Release { forced }
+                        LeaseWrite::Release { forced, was }
                     } else if self.is_leader() {
                         LeaseWrite::Renew
                     } else {
@@ -650,8 +687,12 @@ impl Core {
                 .own
                 .as_ref()
                 .is_some_and(|p| !self.s.keys.says_leader(p));
-            let waited_enough = now >= since + self.s.lease_duration
-                || self.drain.as_ref().is_some_and(|d| d.must_leave(now));
+            // A leaving pod keeps its `true` until the successor's fence or its own drain
+            // deadline: a successor told to back off may take longer than a lease.
+            let waited_enough = match &self.drain {
+                Some(d) => d.must_leave(now),
+                None => now >= since + self.s.lease_duration,
+            };
             if own_false || !wait || waited_enough {
                 if own_false {
                     log::info!("handover complete: the successor has taken over");
@@ -672,7 +713,16 @@ impl Core {
             self.own_gone || self.drain.as_ref().is_some_and(|d| d.must_leave(now.mono));
         match (&self.role, &self.lease) {
             (Role::Leader(l), LeaseView::Present(o)) => {
-                let plan = self.plan_handover(o, now.mono, must_leave);
+                // A new leader finishes its fence before any planned handover: the dead
+                // holder's participation must go, and a release now would leave it.
+                if o.lease.switchover_to().is_none() {
+                    self.refused = None;
+                }
+                let plan = if l.fencing == Fencing::Done || must_leave {
+                    self.plan_handover(o, now.mono, must_leave)
+                } else {
+                    Plan::Stay
+                };
                 let action = match &plan {
                     // DropParticipationFirst: the successor's fencing patch on our pod
                     // must not be spoiled by a conflict with that write; renew meanwhile,
@@ -699,9 +749,11 @@ impl Core {
                         }
                         self.release_why = Some(why);
                     }
-                    Plan::Refuse(why) if !why.is_empty() => {
+                    // Once per request, however often the refusal's write is retried.
+                    Plan::Refuse(why) if !why.is_empty() && self.refused.as_ref() != Some(&why) => {
                         log::warn!("{why}");
-                        self.notices.push(Notice::SwitchoverRefused(why));
+                        self.notices.push(Notice::SwitchoverRefused(why.clone()));
+                        self.refused = Some(why);
                     }
                     _ => {}
                 }
@@ -713,31 +765,14 @@ impl Core {
             (Role::Follower, LeaseView::Absent) if self.may_compete() => Some(Action::CreateLease(
                 election::claim(None, &self.s.me, now.wall, self.s.lease_duration),
             )),
+            // A release whose answer never came: while the Lease we saw names us, decide
+            // again (see `handover`).
+            (Role::HandingOver { .. }, LeaseView::Present(o)) if o.holder() == self.s.me => {
+                self.own_lease(o, now, must_leave)
+            }
             (Role::Follower, LeaseView::Present(o)) => {
-                // Our own name on the lease: a restart of this sidecar in the same pod (or
-                // a StatefulSet pod recreated under the same name), or a Lease that
-                // outlived our leadership (past the renew deadline in an outage). Resume
-                // at once: the lease is ours and the label is on this same pod. But if
-                // this pod is leaving, or cannot serve while a ready participant can,
-                // release it rather than make everyone wait out a lease nobody renews
-                // (not leading, so nothing to stop first).
                 if o.holder() == self.s.me {
-                    let best = self.successor().map(|p| p.name.as_str());
-                    if must_leave || (!self.eligible() && best.is_some()) {
-                        log::info!("releasing the Lease that still names this pod: it cannot lead");
-                        return Some(Action::UpdateLease {
-                            base: o.lease.clone(),
-                            record: election::release(
-                                &o.lease.record,
-                                now.wall,
-                                best.unwrap_or_default(),
-                            ),
-                        });
-                    }
-                    // Only a successful write makes us leader again (and then we fence as
-                    // after any takeover): after a restart, after a renewal or takeover
-                    // whose answer was lost, after an outage.
-                    return Some(self.claim(o, now));
+                    return self.own_lease(o, now, must_leave);
                 }
                 if self.contact_lost.is_some() {
                     // Probe until the API server answers; judge nothing meanwhile.
@@ -766,6 +801,33 @@ impl Core {
             }
             _ => None,
         }
+    }
+
+    /// Our own name on a Lease we do not lead by: a restart of this sidecar in the same
+    /// pod (or a StatefulSet pod recreated under the same name), a Lease that outlived our
+    /// leadership (past the renew deadline in an outage), or a release whose answer never
+    /// came. Resume at once: the lease is ours and the label is on this same pod. But if
+    /// this pod is leaving, never leads (priority 0), or cannot serve while a ready
+    /// participant can, release it rather than make everyone wait out a lease nobody
+    /// renews (not leading, so nothing to stop first).
+    fn own_lease(&self, o: &Observed, now: Now, must_leave: bool) -> Option<Action> {
+        let best = self.successor().map(|p| p.name.as_str());
+        let never = self.own.as_ref().is_some_and(|p| self.priority(p) == 0);
+        if must_leave || never || (!self.eligible() && best.is_some()) {
+            log::info!("releasing the Lease that still names this pod: it cannot lead");
+            return Some(Action::UpdateLease {
+                base: o.lease.clone(),
+                record: election::release(&o.lease.record, now.wall, best.unwrap_or_default()),
+            });
+        }
+        // Rule 6 (`safety`): labeled first, so that the next leader knows to fence us.
+        if !self.labeled() {
+            return None;
+        }
+        // Only a successful write makes us leader again (and then we fence as after any
+        // takeover): after a restart, after a renewal or takeover whose answer was lost,
+        // after an outage.
+        Some(self.claim(o, now))
     }
 
     /// Acquire, resume or renew: write our name on the lease we last saw.
@@ -868,8 +930,7 @@ impl Core {
             (Pending::GetLease, Outcome::Lease(r)) => match r {
                 Ok(l) => {
                     self.lease_stale = false;
-                    Self::recovered(&mut self.lease_failures, "Lease calls");
-                    self.contact_restored(now.mono);
+                    self.lease_answered(now.mono);
                     self.observe_lease(l, now);
                     self.confirmed_at = Some(now.mono);
                 }
@@ -908,6 +969,9 @@ impl Core {
         result: Result<Option<Lease>, KubeError>,
         now: Now,
     ) {
+        if let (LeaseWrite::Release { was, .. }, Err(e)) = (&kind, &result) {
+            self.release_refused(was.as_deref(), e);
+        }
         let lease = match result {
             Ok(Some(l)) => l,
             Ok(None) => return,
@@ -931,8 +995,7 @@ impl Core {
                 return;
             }
         };
-        Self::recovered(&mut self.lease_failures, "Lease calls");
-        self.contact_restored(now.mono);
+        self.lease_answered(now.mono);
         let previous = match &self.lease {
             LeaseView::Present(o) => o.holder().to_string(),
             _ => String::new(),
@@ -977,7 +1040,7 @@ impl Core {
                     l.renew_due = sent + self.s.retry_period;
                 }
             }
-            LeaseWrite::Release { forced } => {
+            LeaseWrite::Release { forced, .. } => {
                 log::info!("released the Lease");
                 let why = self.release_why.take().unwrap_or_default();
                 if !forced {
@@ -1000,17 +1063,22 @@ impl Core {
 
     fn lease_failed(&mut self, e: &KubeError, now: Instant, what: &str) {
         self.lease_failures += 1;
-        if e.is_transient() {
-            self.contact_lost(now);
-        }
+        self.forbidden_in_a_row = match e {
+            KubeError::Forbidden(_) => self.forbidden_in_a_row + 1,
+            _ => 0,
+        };
         self.log_failure(e, self.lease_failures, what, "");
+        // Any failure: an answer that did not show the Lease (see `outage`).
+        self.contact_lost(now);
+        let holder = self.lease_holder() == self.s.me;
         // The leader keeps trying every retry period until its renew deadline; others
         // retry with jitter, as client-go's candidates do.
         if self.is_leader() {
             self.notices.push(Notice::Renewed { ok: false });
         }
         // A server that says when to come back (429/5xx with Retry-After) is believed,
-        // except by a leader past a retry period: its renew deadline comes first.
+        // except by the holder past a retry period: leading or not (past its renew
+        // deadline in an outage), it must be back before anyone sees the lease run out.
         let delay = match (&mut self.role, e) {
             (Role::Leader(l), _) => {
                 let delay = e.pause(self.s.retry_period / 2).min(self.s.retry_period);
@@ -1018,9 +1086,16 @@ impl Core {
                 delay
             }
             // A missing permission stays missing, but a kube-apiserver that is starting
-            // answers 403 until its RBAC cache is synced: probe on while out of contact.
-            (_, KubeError::Forbidden(_)) if self.contact_lost.is_none() => self.s.retry_period * 5,
+            // answers 403 for a while until its RBAC cache is synced.
+            (_, KubeError::Forbidden(_)) if self.forbidden_in_a_row > FORBIDDEN_BEFORE_SLOWING => {
+                self.s.retry_period * 5
+            }
             _ => e.pause(self.jitter.stretch(self.s.retry_period, 1.2)),
+        };
+        let delay = if holder {
+            delay.min(self.s.retry_period)
+        } else {
+            delay
         };
         self.lease_retry_at = Some(now + delay);
     }
@@ -1057,6 +1132,13 @@ impl Core {
         }
     }
 
+    /// A Lease call succeeded: the failure streak ends and we are in contact.
+    fn lease_answered(&mut self, now: Instant) {
+        Self::recovered(&mut self.lease_failures, "Lease calls");
+        self.forbidden_in_a_row = 0;
+        self.contact_restored(now);
+    }
+
     /// Ends a failure streak, with one line if there was one.
     fn recovered(failures: &mut u32, what: &str) {
         if *failures > 0 {
@@ -1080,7 +1162,26 @@ impl Core {
         self.log_failure(e, self.label_failures, what, pod);
         let exp = self.label_failures.min(6);
         let base = (self.s.retry_period / 4).max(Duration::from_millis(50)) * (1 << (exp - 1));
-        let delay = e.pause(self.jitter.stretch(base.min(self.s.retry_period * 4), 0.5));
+        let backoff = self.jitter.stretch(base.min(self.s.retry_period * 4), 0.5);
+        // Until a new leader has fenced and claimed, the Service may have no endpoint: a
+        // Retry-After is honoured up to one retry period then, as for its renewals.
+        let claiming = match &self.role {
+            Role::Leader(l) => {
+                l.fencing != Fencing::Done
+                    || !self
+                        .own
+                        .as_ref()
+                        .is_some_and(|p| self.s.keys.says_leader(p))
+            }
+            _ => false,
+        };
+        let asked = e.retry_after().unwrap_or_default();
+        let asked = if claiming {
+            asked.min(self.s.retry_period)
+        } else {
+            asked
+        };
+        let delay = backoff.max(asked);
         self.labels_retry_at = Some(now + delay);
     }
 

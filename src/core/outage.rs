@@ -8,6 +8,13 @@
 //!   observation time, so the old leader (which resumes with one write of the record it
 //!   still holds) always wins the race. A leader that really died during the outage is
 //!   replaced one lease duration after the outage ends.
+//! - Contact means an answer that showed the Lease. Any failed Lease call counts as lost
+//!   contact, a 403 included: a kube-apiserver that restarts answers 403 until its RBAC
+//!   cache syncs, and the holder, refused too, could not renew meanwhile. The Lease
+//!   sensor's polls count the same way (`sensors`).
+//! - The holder of the Lease, leading or past its renew deadline, never waits longer
+//!   than a retry period after a failure, whatever Retry-After says: others start
+//!   counting when the server answers them, and the holder must be back first.
 //! - Before taking over an expired lease, a follower reads it once more
 //!   (`Core::lease_action`): a stalled watch, or an outage the watch did not notice (etcd
 //!   down behind a live kube-apiserver), looks exactly like a dead holder, and the read

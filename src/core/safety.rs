@@ -14,7 +14,10 @@
 //!    a release the previous holder has stopped. When the Lease is deleted, emptied,
 //!    renamed or shortened by someone else, its holder may not have seen it and can act
 //!    until its renew deadline, which ends before its record's observed expiry; a new
-//!    leader writes no label before that.
+//!    leader writes no label before that. A release proves only its own holder stopped
+//!    (same transition count), and a process whose first view is a Lease deleted or
+//!    emptied by hand (`first_lease_view`) waits a renew deadline if a pod is labeled
+//!    leader.
 //! 3. **Stop leading before releasing** (`Core::next_action`): the role changes before
 //!    the release is sent, so a release applied with its answer lost leaves nobody
 //!    claiming.
@@ -31,7 +34,7 @@
 //! What this does not cover is in docs/design.md ("Fault model").
 
 use super::*;
-use crate::kube::types::LeaseRecord;
+use crate::kube::types::{Lease, LeaseRecord};
 
 impl Core {
     /// A record naming `prev`'s holder was replaced. If the holder did not release it
@@ -49,8 +52,13 @@ impl Core {
         }) {
             return; // a renewal
         }
-        if next.is_some_and(election::is_release) {
-            return; // the holder stopped leading before it released
+        // The holder stopped leading before it released. A release with another
+        // transition count was made by a holder we never saw (our view skipped records):
+        // it proves nothing about this one.
+        if next.is_some_and(|r| {
+            election::is_release(r) && r.transitions == prev.lease.record.transitions
+        }) {
+            return;
         }
         let until = prev.expires_at();
         if self.rivals_until.is_none_or(|t| t < until) {
@@ -58,10 +66,34 @@ impl Core {
         }
     }
 
+    /// The first Lease this process sees. Deleted, or emptied by hand (not a release):
+    /// there is no record of who held it, and that holder may act until its renew deadline,
+    /// which ends before our first view plus the renew deadline.
+    pub(super) fn first_lease_view(&mut self, lease: Option<&Lease>, now: Instant) {
+        let record = lease.map(|l| &l.record);
+        if record.is_none_or(|r| r.holder.is_empty() && !election::is_release(r)) {
+            self.unseen_holder_since = Some(now);
+        }
+    }
+
     /// After the list that follows a takeover: every other pod in the election, and the
-    /// previous holder's pod wherever it is, gets the fence.
+    /// previous holder's pod wherever it is, gets the fence. A takeover of a Lease whose
+    /// holder we never saw waits that holder out if a pod is labeled leader.
     pub(super) fn plan_fencing(&mut self) {
         let me = self.s.me.clone();
+        if let Some(since) = self.unseen_holder_since.take() {
+            let keys = &self.s.keys;
+            if self
+                .pods
+                .values()
+                .any(|p| p.name != me && keys.says_leader(p))
+            {
+                let until = since + self.s.renew_deadline;
+                if self.rivals_until.is_none_or(|t| t < until) {
+                    self.rivals_until = Some(until);
+                }
+            }
+        }
         let mut listed = BTreeSet::new();
         listed.extend(self.pods.keys().filter(|n| **n != me).cloned());
         if let Role::Leader(l) = &mut self.role {

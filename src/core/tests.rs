@@ -344,8 +344,8 @@ fn drain_gives_up_when_the_server_never_answers() {
 #[test]
 fn restarted_sidecar_resumes_its_own_lease() {
     let mut w = World::new();
+    w.label_me("true");
     w.update_pod(ME, |p| {
-        p.labels.insert("e/is-leader".into(), "true".into());
         p.labels.insert("e/participant".into(), "true".into());
     });
     w.set_lease(ME, 2);
@@ -1225,4 +1225,392 @@ fn a_settled_deletion_drain_without_a_signal_ends_clean_at_its_deadline() {
     let (ms, e) = exit.expect("exits");
     assert_eq!(e, Exit::Clean, "settled: a clean exit");
     assert!((9_000..10_000).contains(&ms), "{ms}");
+}
+
+// ---- planned handovers that never stall, outages that never move leadership ---------
+//
+// Each test below failed on the core before the fix it names (checked by running it).
+
+/// Feeds a lease event whose record is a release meant for `to`, made by the holder.
+fn release_for(w: &mut World, to: &str) {
+    let record = election::release(&w.lease.as_ref().unwrap().record, w.now.wall, to);
+    w.rv += 1;
+    let l = w.lease.as_mut().unwrap();
+    l.record = record;
+    l.resource_version = w.rv.to_string();
+    l.metadata["resourceVersion"] = serde_json::json!(w.rv.to_string());
+    w.lease_event();
+}
+
+#[test]
+fn a_release_refused_with_409_is_decided_again_at_once() {
+    // `kubectl annotate` run twice: the leader's release, based on the first version,
+    // meets 409. It must not sit in HandingOver with nothing to do for a lease duration.
+    let mut w = leader_with_follower();
+    w.join("pod-c");
+    w.run();
+    w.at(1_000);
+    w.annotate_lease("my-app/switchover-to", "pod-c");
+    let release = w.core.next_action(w.now).expect("the release");
+    assert!(matches!(&release, Action::UpdateLease { record, .. } if record.holder.is_empty()));
+    w.hold_lease_stream(true);
+    w.annotate_lease("my-app/switchover-to", "pod-c");
+    let outcome = w.execute(&release);
+    assert!(matches!(
+        outcome,
+        Outcome::Lease(Err(KubeError::Conflict(_)))
+    ));
+    w.core.complete(outcome, w.now);
+    assert!(
+        w.core.is_leader(),
+        "a refused release leaves the leader leading"
+    );
+    w.hold_lease_stream(false);
+    w.run();
+    assert_eq!(released_to(&w).as_deref(), Some("pod-c"));
+}
+
+#[test]
+fn a_release_refused_with_retry_after_keeps_leading_and_retries_within_a_retry_period() {
+    let mut w = leader_with_follower();
+    w.at(300);
+    w.fail_next_of(1, Calls::LeaseWrites, busy(30));
+    w.update_pod(ME, |p| p.ready = false);
+    w.run();
+    assert_eq!(released_to(&w), None, "refused");
+    let mut released_at = None;
+    for ms in (300..20_000).step_by(50) {
+        w.at(ms);
+        w.run();
+        if released_to(&w).is_some() {
+            released_at = Some(ms);
+            break;
+        }
+        assert!(
+            w.core.is_leader(),
+            "stopped leading at {ms} ms without a release"
+        );
+    }
+    let at = released_at.expect("released again");
+    assert!(at <= 2_300, "released again only at {at} ms");
+    assert_eq!(released_to(&w).as_deref(), Some("pod-a"));
+}
+
+#[test]
+fn a_release_whose_answer_never_came_is_decided_again_within_a_retry_period() {
+    let mut w = leader_with_follower();
+    w.at(300);
+    // Not applied: the connection broke before the server read it.
+    w.fail_next_of(
+        1,
+        Calls::LeaseWrites,
+        KubeError::Transport("timeout".into()),
+    );
+    w.update_pod(ME, |p| p.ready = false);
+    w.run();
+    assert_eq!(w.lease.as_ref().unwrap().record.holder, ME);
+    run_until(&mut w, 300, 2_800, 50);
+    assert_eq!(released_to(&w).as_deref(), Some("pod-a"), "{:?}", w.writes);
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+}
+
+#[test]
+fn the_holder_resumes_within_a_retry_period_whatever_retry_after_says() {
+    let mut w = World::leading();
+    w.fail_next(u32::MAX, KubeError::Transport("unreachable".into()));
+    run_until(&mut w, 0, 12_000, 100);
+    assert!(!w.core.is_leader(), "past the renew deadline");
+    run_until(&mut w, 12_000, 20_000, 100);
+    // The server is back, busy: its first answer asks for 30 s.
+    w.at(20_000);
+    w.fail_next(
+        1,
+        KubeError::Busy {
+            code: 503,
+            message: "starting".into(),
+            retry_after: Duration::from_secs(30),
+        },
+    );
+    let mut resumed = None;
+    for ms in (20_000..60_000).step_by(100) {
+        w.at(ms);
+        w.run();
+        if w.core.is_leader() {
+            resumed = Some(ms);
+            break;
+        }
+    }
+    let at = resumed.expect("resumes");
+    // Another pod sees the lease run out 15 s after contact returns.
+    assert!(at <= 22_600, "resumed only at {at} ms");
+}
+
+#[test]
+fn a_403_while_the_api_server_starts_does_not_count_as_contact() {
+    // A kube-apiserver that restarts answers 403 until its RBAC cache syncs. The holder
+    // cannot renew meanwhile, so silence then must not count against it.
+    let mut w = World::following("pod-a", 1);
+    w.at(14_000);
+    w.fail_next(
+        u32::MAX,
+        KubeError::Forbidden("RBAC: cache not synced".into()),
+    );
+    w.writes.clear();
+    run_until(&mut w, 14_000, 24_000, 100);
+    w.fail = None;
+    // 403s end at 24 s; pod-a, which got them too, needs a retry period to resume.
+    run_until(&mut w, 24_000, 26_000, 100);
+    assert!(
+        w.writes.iter().all(|x| !x.starts_with("lease")),
+        "took over while the holder was refused too: {:?}",
+        w.writes
+    );
+    w.set_lease("pod-a", 1);
+    run_until(&mut w, 26_000, 40_000, 100);
+    assert!(!w.core.is_leader());
+}
+
+#[test]
+fn a_draining_leader_keeps_its_true_until_the_successor_fences_it() {
+    // The successor took the Lease but its fence and claim are told to back off: the
+    // draining leader must not empty the Service after a mere lease duration.
+    let mut w = leader_with_follower();
+    w.at(100);
+    w.delete_me(60);
+    w.run();
+    assert_eq!(released_to(&w).as_deref(), Some("pod-a"));
+    w.set_lease("pod-a", 1);
+    w.writes.clear();
+    run_until(&mut w, 100, 54_000, 200);
+    assert_eq!(
+        w.label(ME, "is-leader").as_deref(),
+        Some("true"),
+        "dropped true before the successor's fence or the drain deadline: {:?}",
+        w.writes
+    );
+    run_until(&mut w, 54_000, 56_000, 200);
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("false"));
+}
+
+#[test]
+fn a_successor_told_to_back_off_still_claims_within_a_retry_period() {
+    let mut w = World::following("pod-a", 2);
+    w.at(500);
+    w.fail_next_of(1, Calls::PatchOf("pod-a"), busy(30));
+    release_for(&mut w, ME);
+    w.run();
+    assert!(w.core.is_leader());
+    run_until(&mut w, 500, 2_600, 50);
+    assert_eq!(
+        w.label(ME, "is-leader").as_deref(),
+        Some("true"),
+        "{:?}",
+        w.writes
+    );
+}
+
+#[test]
+fn the_courtesy_wait_holds_only_for_a_designee_that_can_lead() {
+    for (why, unfit) in [
+        ("unready", (|p: &mut Pod| p.ready = false) as fn(&mut Pod)),
+        ("being deleted", |p: &mut Pod| p.deleting = true),
+        ("priority 0", |p: &mut Pod| {
+            p.annotations.insert("my-app/priority".into(), "0".into());
+        }),
+        ("no participant", |p: &mut Pod| {
+            p.labels.remove("e/participant");
+        }),
+    ] {
+        let mut w = World::following("pod-a", 2);
+        w.join("pod-c");
+        w.update_pod("pod-c", unfit);
+        w.at(500);
+        release_for(&mut w, "pod-c");
+        w.run();
+        assert!(w.core.is_leader(), "waited for a designee that is {why}");
+    }
+    // Gone altogether.
+    let mut w = World::following("pod-a", 2);
+    w.at(500);
+    release_for(&mut w, "pod-zz");
+    w.run();
+    assert!(
+        w.core.is_leader(),
+        "waited for a designee that does not exist"
+    );
+}
+
+#[test]
+fn a_new_leader_fences_before_any_failback() {
+    let mut w = World::following("pod-a", 0);
+    w.join("pod-c");
+    prioritise(&mut w, "pod-c", "5");
+    w.at(20_000);
+    w.set_lease("pod-a", 0); // pod-a's last renewal; it dies after
+    w.writes.clear();
+    run_until(&mut w, 20_000, 36_000, 100);
+    let fence = w
+        .writes
+        .iter()
+        .position(|x| x.starts_with("pod-a") && x.contains("participant=-"));
+    let release = w.writes.iter().position(|x| x == "lease holder=\"\"");
+    assert!(
+        fence.is_some(),
+        "the dead holder was never fenced: {:?}",
+        w.writes
+    );
+    if let Some(r) = release {
+        assert!(fence < Some(r), "released before fencing: {:?}", w.writes);
+    }
+}
+
+#[test]
+fn a_pod_that_let_a_handover_pass_is_not_handed_over_to_again_until_it_rejoins() {
+    // pod-a ranks higher, but its sidecar is hung: it never takes a Lease meant for it.
+    let mut w = leader_with_follower();
+    prioritise(&mut w, "pod-a", "5");
+    run_until(&mut w, 0, 30_100, 100);
+    assert_eq!(released_to(&w).as_deref(), Some("pod-a"));
+    // Nobody takes it: after the courtesy wait we take it back and keep it.
+    w.writes.clear();
+    run_until(&mut w, 30_100, 120_000, 100);
+    assert!(w.core.is_leader());
+    let releases = w
+        .writes
+        .iter()
+        .filter(|x| *x == "lease holder=\"\"")
+        .count();
+    assert_eq!(
+        releases, 0,
+        "handed over to the hung pod again: {:?}",
+        w.writes
+    );
+    // Its sidecar comes back (it drops and re-adds its participation): failback again.
+    w.update_pod("pod-a", |p| {
+        p.labels.remove("e/participant");
+    });
+    w.update_pod("pod-a", |p| {
+        p.labels.insert("e/participant".into(), "true".into());
+    });
+    run_until(&mut w, 120_000, 151_000, 100);
+    assert_eq!(released_to(&w).as_deref(), Some("pod-a"));
+}
+
+#[test]
+fn a_sidecar_booting_into_a_deleted_lease_waits_out_a_leader_it_cannot_see() {
+    // pod-a leads (labeled true); the Lease was deleted by hand just before we booted.
+    let mut w = World::new();
+    w.label_me("false");
+    w.add_pod(
+        "pod-a",
+        true,
+        &[("e/is-leader", "true"), ("e/participant", "true")],
+    );
+    w.boot();
+    w.run();
+    assert!(w.core.is_leader());
+    // pod-a has not seen the deletion: within its renew deadline it keeps its true
+    // against a fence (it re-claims on the resourceVersion it sees).
+    w.at(1_000);
+    let again = claim_in_flight(&w, "pod-a");
+    w.apply_foreign(&again);
+    assert!(
+        !wrote_true(&w),
+        "claimed true within the old holder's renew deadline"
+    );
+    run_until(&mut w, 1_000, 11_000, 100);
+    assert_eq!(w.label(ME, "is-leader").as_deref(), Some("true"));
+    assert_eq!(w.label("pod-a", "is-leader").as_deref(), Some("false"));
+}
+
+#[test]
+fn a_release_by_a_holder_we_never_saw_does_not_prove_the_old_one_stopped() {
+    // Our view skips a record: pod-a's lease, then (unseen) pod-c's, then pod-c's
+    // release. pod-a may still act until its renew deadline.
+    let mut w = World::following("pod-a", 3);
+    w.at(5_000);
+    w.set_lease("pod-a", 3);
+    w.at(6_000);
+    w.set_lease_silently("pod-c", 4);
+    release_for(&mut w, "");
+    w.writes.clear();
+    w.run();
+    assert!(w.core.is_leader());
+    assert!(!wrote_true(&w), "claimed true at once: {:?}", w.writes);
+    run_until(&mut w, 6_000, 21_000, 100);
+    assert!(wrote_true(&w));
+}
+
+#[test]
+fn priority_zero_never_takes_the_lease_not_even_its_own_after_a_restart() {
+    let mut w = World::new();
+    w.label_me("true");
+    w.update_pod(ME, |p| {
+        p.annotations.insert("my-app/priority".into(), "0".into());
+    });
+    w.set_lease(ME, 3);
+    w.boot();
+    w.run();
+    assert!(!w.core.is_leader());
+    assert_eq!(w.lease.as_ref().unwrap().record.holder, "");
+}
+
+#[test]
+fn the_own_name_resume_waits_for_the_label() {
+    // Our pod was recreated under the same name (a StatefulSet) without its labels: it is
+    // in nobody's pod cache yet, so it labels itself before it resumes (and is fenced).
+    let mut w = World::new();
+    w.set_lease(ME, 3);
+    w.boot();
+    let actions = w.run();
+    let label = actions
+        .iter()
+        .position(|a| matches!(a, Action::Patch(p) if p.pod == ME));
+    let claim = actions
+        .iter()
+        .position(|a| matches!(a, Action::UpdateLease { .. }));
+    assert!(label.is_some() && label < claim, "{actions:?}");
+}
+
+#[test]
+fn pods_labeled_before_the_mark_existed_get_it() {
+    let mut w = World::new();
+    w.label_me("false");
+    w.update_pod(ME, |p| {
+        p.labels.insert("e/participant".into(), "true".into());
+        p.annotations.clear();
+    });
+    w.add_pod(
+        "pod-a",
+        true,
+        &[("e/is-leader", "true"), ("e/participant", "true")],
+    );
+    w.set_lease("pod-a", 1);
+    w.boot();
+    w.run();
+    assert_eq!(
+        w.pods[ME]
+            .annotations
+            .get("e/is-leader")
+            .map(String::as_str),
+        Some("my-app/")
+    );
+}
+
+#[test]
+fn a_refused_switchover_retried_is_reported_once() {
+    let mut w = leader_with_follower();
+    w.take_notices_for_test();
+    w.at(1_000);
+    w.fail_next_of(2, Calls::LeaseWrites, KubeError::Transport("reset".into()));
+    w.annotate_lease("my-app/switchover-to", "pod-zz");
+    run_until(&mut w, 1_000, 8_000, 100);
+    assert!(w.lease.as_ref().unwrap().switchover_to().is_none());
+    let refused = w
+        .core
+        .take_notices()
+        .into_iter()
+        .filter(|n| matches!(n, Notice::SwitchoverRefused(_)))
+        .count();
+    assert_eq!(refused, 1);
 }

@@ -123,6 +123,8 @@ impl World {
     pub fn label_me(&mut self, value: &str) {
         let me = self.pods.get_mut(ME).expect("own pod");
         me.labels.insert("e/is-leader".into(), value.into());
+        me.annotations
+            .insert("e/is-leader".into(), "my-app/".into());
     }
 
     pub fn next_rv(&mut self) -> String {
@@ -130,9 +132,11 @@ impl World {
         self.rv.to_string()
     }
 
+    /// A pod; labeled with the leadership key, it carries the election's mark as a
+    /// sidecar of this version writes it.
     pub fn add_pod(&mut self, name: &str, ready: bool, labels: &[(&str, &str)]) {
         let rv = self.next_rv();
-        let p = Pod {
+        let mut p = Pod {
             name: name.into(),
             uid: format!("uid-{name}"),
             resource_version: rv,
@@ -144,6 +148,9 @@ impl World {
             termination_grace_seconds: 30,
             ..Default::default()
         };
+        if p.labels.contains_key("e/is-leader") {
+            p.annotations.insert("e/is-leader".into(), "my-app/".into());
+        }
         self.pods.insert(name.into(), p);
     }
 
@@ -393,7 +400,9 @@ impl World {
             changed |= notes.insert(k.clone(), v.clone()).as_ref() != Some(v);
             new.annotations.insert(k.clone(), v.clone());
         }
-        if ours {
+        if ours && p.labels.is_empty() {
+            self.writes.push(format!("{} mark", p.pod));
+        } else if ours {
             self.writes.push(format!(
                 "{} {}",
                 p.pod,

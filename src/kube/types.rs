@@ -139,7 +139,8 @@ pub struct Pod {
     pub uid: String,
     pub resource_version: String,
     pub labels: BTreeMap<String, String>,
-    /// Annotations of at most 256 bytes (the election mark and the fence stamp).
+    /// Annotations of at most `MAX_ANNOTATION` bytes (the election mark, the fence
+    /// stamp, the priority).
     pub annotations: BTreeMap<String, String>,
     /// `status.conditions[type=Ready].status == "True"`.
     pub ready: bool,
@@ -150,6 +151,10 @@ pub struct Pod {
     /// `spec.terminationGracePeriodSeconds`, 30 when absent (the API default).
     pub termination_grace_seconds: u64,
 }
+
+/// The longest annotation value kept: a fence stamp is `<election>/<pod>:<rv>`, at most
+/// 253 + 1 + 253 + 1 + 20 bytes.
+const MAX_ANNOTATION: usize = 640;
 
 /// The string values of a JSON object (labels, annotations) up to `max_len` bytes each.
 fn strings(v: Option<&Value>, max_len: usize) -> BTreeMap<String, String> {
@@ -181,7 +186,7 @@ impl Pod {
         let labels = strings(meta.get("labels"), usize::MAX);
         // Only short annotations: the election mark and the fence stamp live there, and
         // a kubectl last-applied-configuration would cost kilobytes per pod.
-        let annotations = strings(meta.get("annotations"), 256);
+        let annotations = strings(meta.get("annotations"), MAX_ANNOTATION);
         let ready = v
             .pointer("/status/conditions")
             .and_then(Value::as_array)
@@ -324,6 +329,17 @@ mod tests {
         // A leap day.
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(micro_time(t), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn the_longest_fence_stamp_is_kept_and_a_huge_annotation_is_not() {
+        let stamp = format!("{}/{}:{}", "e".repeat(253), "p".repeat(253), u64::MAX);
+        let v = json!({"metadata": {"name": "p", "annotations": {
+            "e/is-leader": stamp, "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4096)
+        }}});
+        let pod = Pod::from_json(&v).unwrap();
+        assert_eq!(pod.annotations.get("e/is-leader"), Some(&stamp));
+        assert_eq!(pod.annotations.len(), 1);
     }
 
     #[test]
