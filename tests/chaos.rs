@@ -179,12 +179,15 @@ impl<'c> Chaos<'c> {
                     Kind::LeaseRead,
                     Kind::PodRead,
                 ]);
-                let fault = match self.rng.below(6) {
+                let fault = match self.rng.below(8) {
                     0 => Fault::DropResponse,
                     1 => Fault::ErrorAfterApply(self.rng.pick(&[500, 503, 504])),
                     2 => Fault::Delay(self.rng.ms(100, 2500)),
                     3 => Fault::Stall,
                     4 => Fault::Refuse,
+                    // Refused outright: a write that lost a race, a server that sheds load.
+                    5 => Fault::Status(409),
+                    6 => Fault::Busy(self.rng.pick(&[429, 503]), 1 + self.rng.below(3) as u32),
                     _ => Fault::SlowChunks(self.rng.ms(20, 300)),
                 };
                 let lasting = matches!(fault, Fault::Stall | Fault::Refuse | Fault::SlowChunks(_));
@@ -245,6 +248,17 @@ impl<'c> Chaos<'c> {
                 self.note("kube-apiserver back".into());
             }
             83..=92 => self.hand_edit(),
+            93..=95 => {
+                // A kube-apiserver whose RBAC cache has not synced, for longer than a lease.
+                let d = self
+                    .rng
+                    .ms(LEASE.as_millis() as u64 + 500, 2 * LEASE.as_millis() as u64);
+                for kind in [Kind::LeaseWrite, Kind::LeaseRead, Kind::LeaseWatch] {
+                    self.members[i].proxy.set(kind, Some(Fault::Status(403)));
+                    self.later(d, Undo::ClearKind(i, kind));
+                }
+                self.note(format!("{pod}: 403 on every Lease call for {d:?}"));
+            }
             _ => {}
         }
     }

@@ -22,13 +22,6 @@ fn secs(s: u64) -> Duration {
 
 const MERGE: &str = "application/merge-patch+json";
 
-fn lease_path(ns: &Namespace) -> String {
-    format!(
-        "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
-        ns.name
-    )
-}
-
 fn pod_path(ns: &Namespace, pod: &str) -> String {
     format!("/api/v1/namespaces/{}/pods/{pod}", ns.name)
 }
@@ -295,12 +288,12 @@ fn lease_deleted_or_rewritten_by_hand_under_a_live_leader() {
         let leader = observer.leader().unwrap();
         let renewed = next_renewal(&ns, &leader);
         if round % 2 == 0 {
-            ns.api.delete(&lease_path(&ns), &json!({}));
+            ns.api.delete(&ns.lease_path(), &json!({}));
         } else {
             let follower = pods.iter().find(|p| **p != leader).unwrap();
             let mut lease = renewed.clone();
             lease["spec"]["holderIdentity"] = json!(follower);
-            ns.api.put(&lease_path(&ns), &lease);
+            ns.api.put(&ns.lease_path(), &lease);
         }
         settled(&ns, &observer, secs(15));
         observer.assert_never_two_leaders();
@@ -510,5 +503,214 @@ fn retry_after_is_honoured() {
             "asked again {waited:?} after a Retry-After of 3 s"
         );
     }
+    observer.assert_never_two_leaders();
+}
+
+// ---- planned handovers that never stall, outages that never move leadership ---------
+//
+// Each failed on the binary before the fix (LEADER_LABELER_BIN=<old build>), seen.
+
+/// Every kind of call a sidecar makes.
+const ALL: [Kind; 5] = [
+    Kind::LeaseWrite,
+    Kind::LeaseRead,
+    Kind::Watch,
+    Kind::PodWrite,
+    Kind::PodRead,
+];
+
+/// The Lease's holder and transition count.
+fn holder_and_transitions(ns: &Namespace) -> (String, i64) {
+    let l = ns.get_lease().expect("the Lease");
+    (
+        l["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        l["spec"]["leaseTransitions"].as_i64().unwrap_or_default(),
+    )
+}
+
+/// pod-a leading and pod-b participating, each through its proxy if given, with `extra`
+/// arguments.
+fn leader_and_follower(
+    ns: &Namespace,
+    observer: &Observer,
+    proxies: [Option<&FaultProxy>; 2],
+    extra: &[&str],
+) -> [Sidecar; 2] {
+    let spawn = |pod: &str, proxy: Option<&FaultProxy>| match proxy {
+        Some(p) => through(ns, pod, p, extra),
+        None => Sidecar::spawn(ns, pod, extra),
+    };
+    let a = spawn("pod-a", proxies[0]);
+    observer.wait_for_leader("pod-a", secs(15));
+    let b = spawn("pod-b", proxies[1]);
+    observer.wait_until(secs(10), "pod-b participates", |s| {
+        s.label("pod-b", PARTICIPANT_KEY) == Some("true")
+    });
+    [a, b]
+}
+
+/// A switchover whose release is refused (429, Retry-After 30 s) is carried out within
+/// about a retry period once the server accepts writes again: the leader leads on
+/// meanwhile instead of sitting out a lease duration with nobody leading.
+#[test]
+fn a_refused_release_is_tried_again_within_a_retry_period() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "refused-release");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let pa = FaultProxy::start(cluster);
+    let _pair = leader_and_follower(
+        &ns,
+        &observer,
+        [Some(&pa), None],
+        &["--lease-duration=15s", "--renew-deadline=10s"],
+    );
+    pa.set(Kind::LeaseWrite, Some(Fault::Busy(429, 30)));
+    let seen = pa.count(Kind::LeaseWrite);
+    ns.annotate_lease("my-app/switchover-to", "pod-b");
+    // The release and the writes after it refused: the leader keeps trying.
+    let tried = pa.wait_count(Kind::LeaseWrite, seen + 3, secs(10));
+    assert!(
+        tried >= seen + 3,
+        "pod-a stopped writing the Lease after a refused release ({} writes)",
+        tried - seen
+    );
+    assert_eq!(holder_and_transitions(&ns).0, "pod-a");
+    pa.set(Kind::LeaseWrite, None);
+    let cleared = Instant::now();
+    let led = observer.wait_for_leader("pod-b", secs(5));
+    eprintln!(
+        "switchover carried out {:?} after writes were accepted again",
+        led - cleared
+    );
+    observer.assert_never_two_leaders();
+}
+
+/// The API server is down for longer than the renew deadline, then its first answer to
+/// the old leader is 503 with Retry-After: 30. The old leader still holds the Lease and
+/// resumes within a retry period; the follower, whose watch returned at once, must not
+/// see the lease run out first.
+#[test]
+fn the_holder_resumes_after_an_outage_whatever_retry_after_says() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "retry-after-holder");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let pa = FaultProxy::start(cluster);
+    let pb = FaultProxy::start(cluster);
+    let _pair = leader_and_follower(&ns, &observer, [Some(&pa), Some(&pb)], &[]);
+    let before = holder_and_transitions(&ns);
+    for p in [&pa, &pb] {
+        for k in ALL {
+            p.set(k, Some(Fault::Refuse));
+        }
+    }
+    // Past pod-a's renew deadline (2 s).
+    std::thread::sleep(secs(3));
+    // Back: pod-a's first Lease call is told to come back in 30 s.
+    let from = pa.records().len();
+    pa.clear();
+    pa.set(Kind::LeaseWrite, Some(Fault::Busy(503, 30)));
+    pa.set(Kind::LeaseRead, Some(Fault::Busy(503, 30)));
+    pb.clear();
+    let busy = pa.wait_for(Kind::LeaseWrite, secs(5), "pod-a told to wait", |r| {
+        r.seq >= from && r.fault == Some(Fault::Busy(503, 30))
+    });
+    pa.set(Kind::LeaseWrite, None);
+    pa.set(Kind::LeaseRead, None);
+    let resumed = pa.wait_for(Kind::LeaseWrite, secs(2), "pod-a resumes its Lease", |r| {
+        r.seq > busy.seq && r.fault.is_none() && r.applied()
+    });
+    eprintln!(
+        "pod-a resumed {:?} after Retry-After: 30",
+        resumed.at - busy.at
+    );
+    assert_eq!(holder_and_transitions(&ns), before, "leadership moved");
+    observer.assert_never_two_leaders();
+}
+
+/// A kube-apiserver that restarts answers 403 to every Lease call until its RBAC cache
+/// syncs, here for longer than a lease, and syncs for pod-b's connection 3 s before
+/// pod-a's (two API servers behind a load balancer). A 403 is no contact: pod-b must not
+/// count the silence meanwhile, so pod-a, which could not renew either, keeps the Lease.
+#[test]
+fn forbidden_for_longer_than_a_lease_after_a_restart_moves_no_leadership() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "forbidden-restart");
+    ns.create_pod("pod-a", true);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let timings = ["--lease-duration=6s", "--renew-deadline=4s"];
+    let pa = FaultProxy::start(cluster);
+    let pb = FaultProxy::start(cluster);
+    let _pair = leader_and_follower(&ns, &observer, [Some(&pa), Some(&pb)], &timings);
+    let before = holder_and_transitions(&ns);
+    // Down for a moment, then up with an RBAC cache that has not synced.
+    for p in [&pa, &pb] {
+        for k in ALL {
+            p.set(k, Some(Fault::Refuse));
+        }
+    }
+    std::thread::sleep(secs(1));
+    for p in [&pa, &pb] {
+        p.clear();
+        for k in [Kind::LeaseWrite, Kind::LeaseRead, Kind::Watch] {
+            p.set(k, Some(Fault::Status(403)));
+        }
+    }
+    // pod-b gives up on the refused watch and polls: from its first refused poll, the
+    // 403s last longer than a lease.
+    let from = pb.records().len();
+    pb.wait_for(Kind::LeaseRead, secs(20), "pod-b polls the Lease", |r| {
+        r.seq >= from && r.fault == Some(Fault::Status(403))
+    });
+    std::thread::sleep(secs(8));
+    pb.clear();
+    std::thread::sleep(secs(3));
+    let from = pa.records().len();
+    pa.clear();
+    pa.wait_for(Kind::LeaseWrite, secs(3), "pod-a resumes its Lease", |r| {
+        r.seq >= from && r.applied()
+    });
+    assert_eq!(holder_and_transitions(&ns), before, "leadership moved");
+    assert_eq!(observer.leader().as_deref(), Some("pod-a"));
+    observer.assert_never_two_leaders();
+}
+
+/// A deleted leader hands over to pod-b, whose fence of the old leader is told to come
+/// back in 30 s. The old leader keeps its `true` until the fence lands, and pod-b fences
+/// and claims within about a retry period: no leaderless Service for 30 s.
+#[test]
+fn a_drain_keeps_its_leader_until_a_successor_told_to_back_off_claims() {
+    let cluster = Cluster::shared();
+    let ns = Namespace::new(cluster, "drain-backoff");
+    ns.create_pod_with_grace("pod-a", true, 30);
+    ns.create_pod("pod-b", true);
+    let observer = Observer::start(&ns);
+    let pb = FaultProxy::start(cluster);
+    let _pair = leader_and_follower(&ns, &observer, [None, Some(&pb)], &[]);
+    pb.once(Kind::PodWrite, Fault::Busy(429, 30));
+    let asked = Instant::now();
+    ns.delete_pod("pod-a", 30);
+    let led = observer.wait_for_leader("pod-b", secs(5));
+    let gaps: Vec<Duration> = observer
+        .gaps()
+        .iter()
+        .filter(|(from, _)| *from >= asked)
+        .map(|(from, to)| *to - *from)
+        .collect();
+    eprintln!(
+        "pod-b led {:?} after the deletion; leaderless spells {gaps:?}",
+        led - asked
+    );
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_millis(500)),
+        "the Service had no leader for {gaps:?}"
+    );
     observer.assert_never_two_leaders();
 }

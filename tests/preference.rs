@@ -23,21 +23,6 @@ fn annotate_pod(ns: &Namespace, pod: &str, key: &str, value: &str) {
     );
 }
 
-fn lease_path(ns: &Namespace) -> String {
-    format!(
-        "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
-        ns.name
-    )
-}
-
-fn annotate_lease(ns: &Namespace, key: &str, value: &str) {
-    ns.api.patch(
-        &lease_path(ns),
-        MERGE,
-        &json!({"metadata": {"annotations": {key: value}}}),
-    );
-}
-
 /// The longest moment without a leader after `since`, from the observer's history.
 fn longest_gap_after(observer: &Observer, since: Instant) -> Duration {
     observer
@@ -153,7 +138,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
     });
     // To pod-c, past pod-b (which would win a free-for-all as often as not).
     let asked = Instant::now();
-    annotate_lease(&ns, "my-app/switchover-to", "pod-c");
+    ns.annotate_lease("my-app/switchover-to", "pod-c");
     observer.wait_for_leader("pod-c", secs(5));
     let took = asked.elapsed();
     let gap = longest_gap_after(&observer, asked);
@@ -177,7 +162,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
         s.label("pod-b", PARTICIPANT_KEY).is_none()
     });
     for target in ["pod-b", "pod-nope"] {
-        annotate_lease(&ns, "my-app/switchover-to", target);
+        ns.annotate_lease("my-app/switchover-to", target);
         wait_for(&format!("refusal of {target}"), secs(10), || {
             events(&ns, "SwitchoverRefused")
                 .iter()

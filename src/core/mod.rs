@@ -268,8 +268,11 @@ pub struct Core {
     /// leave and rejoin the ready participants.
     declined: BTreeSet<String>,
     /// This process's first view of the Lease showed no holder and no release (deleted or
-    /// emptied by hand): whoever held it may still act, unseen (`safety`, rule 2).
+    /// emptied by hand) before any pod list: whoever held it may still act, unseen
+    /// (`safety`, rule 2); the first pod list tells.
     unseen_holder_since: Option<Instant>,
+    /// A pod list has been taken in.
+    pods_listed: bool,
     /// The switchover refusal last reported, until the request is gone from the Lease.
     refused: Option<String>,
     /// Why a pending release is sent (its target is in the record written).
@@ -311,6 +314,7 @@ impl Core {
             ready_since: BTreeMap::new(),
             declined: BTreeSet::new(),
             unseen_holder_since: None,
+            pods_listed: false,
             refused: None,
             release_why: None,
             awaiting_signal: false,
@@ -423,6 +427,10 @@ impl Core {
                     .retain(|name, _| pods.iter().any(|p| p.name == *name));
                 for p in pods {
                     self.note_pod(p, now);
+                }
+                self.pods_listed = true;
+                if let Some(since) = self.unseen_holder_since.take() {
+                    self.wait_out_unseen_holder(since);
                 }
             }
             Observation::PodChanged(p) => self.note_pod(p, now),

@@ -68,32 +68,39 @@ impl Core {
 
     /// The first Lease this process sees. Deleted, or emptied by hand (not a release):
     /// there is no record of who held it, and that holder may act until its renew deadline,
-    /// which ends before our first view plus the renew deadline.
+    /// which ends before our first view plus the renew deadline. A pod labeled leader in
+    /// our first pod list (or in the cache now, if the list came first) may be that holder.
     pub(super) fn first_lease_view(&mut self, lease: Option<&Lease>, now: Instant) {
         let record = lease.map(|l| &l.record);
         if record.is_none_or(|r| r.holder.is_empty() && !election::is_release(r)) {
-            self.unseen_holder_since = Some(now);
+            if self.pods_listed {
+                self.wait_out_unseen_holder(now);
+            } else {
+                self.unseen_holder_since = Some(now);
+            }
+        }
+    }
+
+    /// See `first_lease_view`; also called with the first pod list, if it came after.
+    pub(super) fn wait_out_unseen_holder(&mut self, since: Instant) {
+        let keys = &self.s.keys;
+        let me = &self.s.me;
+        if self
+            .pods
+            .values()
+            .any(|p| p.name != *me && keys.says_leader(p))
+        {
+            let until = since + self.s.renew_deadline;
+            if self.rivals_until.is_none_or(|t| t < until) {
+                self.rivals_until = Some(until);
+            }
         }
     }
 
     /// After the list that follows a takeover: every other pod in the election, and the
-    /// previous holder's pod wherever it is, gets the fence. A takeover of a Lease whose
-    /// holder we never saw waits that holder out if a pod is labeled leader.
+    /// previous holder's pod wherever it is, gets the fence.
     pub(super) fn plan_fencing(&mut self) {
         let me = self.s.me.clone();
-        if let Some(since) = self.unseen_holder_since.take() {
-            let keys = &self.s.keys;
-            if self
-                .pods
-                .values()
-                .any(|p| p.name != me && keys.says_leader(p))
-            {
-                let until = since + self.s.renew_deadline;
-                if self.rivals_until.is_none_or(|t| t < until) {
-                    self.rivals_until = Some(until);
-                }
-            }
-        }
         let mut listed = BTreeSet::new();
         listed.extend(self.pods.keys().filter(|n| **n != me).cloned());
         if let Role::Leader(l) = &mut self.role {

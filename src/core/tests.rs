@@ -1614,3 +1614,36 @@ fn a_refused_switchover_retried_is_reported_once() {
         .count();
     assert_eq!(refused, 1);
 }
+
+#[test]
+fn a_cold_start_beside_a_new_leader_waits_out_nobody() {
+    // Both sidecars start together: our first pod list shows pod-a labeled follower, our
+    // first view of the Lease shows none. pod-a then creates the Lease, claims, and hands over to us
+    // within our first renew deadline: the takeover claims at once (seen: 2 s late).
+    let mut w = World::new();
+    w.label_me("false");
+    w.add_pod(
+        "pod-a",
+        true,
+        &[("e/is-leader", "false"), ("e/participant", "true")],
+    );
+    // The pod list comes in before the Lease's.
+    let own = w.pods[ME].clone();
+    w.feed(Observation::OwnPod(own));
+    let labeled = w.labeled();
+    w.feed(Observation::PodsListed(labeled));
+    w.feed(Observation::Lease(None));
+    // pod-a's create wins before we act.
+    w.at(100);
+    w.set_lease("pod-a", 0);
+    w.update_pod("pod-a", |p| {
+        p.labels.insert("e/is-leader".into(), "true".into());
+    });
+    w.run();
+    assert!(!w.core.is_leader());
+    w.at(500);
+    release_for(&mut w, ME);
+    w.writes.clear();
+    w.run();
+    assert!(wrote_true(&w), "{:?}", w.writes);
+}

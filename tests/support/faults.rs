@@ -105,6 +105,9 @@ pub enum Fault {
     /// Answer at once with this status and `Retry-After: <seconds>`, never forwarded, as
     /// kube-apiserver's priority and fairness (429) or a load balancer (503) does.
     Busy(u16, u32),
+    /// Answer at once with this status, never forwarded, as a kube-apiserver that has just
+    /// started answers 403 until its RBAC cache has synced.
+    Status(u16),
 }
 
 /// One request seen by the proxy, updated as it progresses.
@@ -985,10 +988,14 @@ fn handle<'a>(
             finish(None);
             return Next::Reset;
         }
-        Some(Fault::Busy(code, seconds)) => {
+        Some(Fault::Busy(code, _) | Fault::Status(code)) => {
             let body = status_body(code, 0);
+            let retry_after = match fault {
+                Some(Fault::Busy(_, seconds)) => format!("Retry-After: {seconds}\r\n"),
+                _ => String::new(),
+            };
             let mut out = format!(
-                "HTTP/1.1 {code} {}\r\nRetry-After: {seconds}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "HTTP/1.1 {code} {}\r\n{retry_after}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 reason_for(code),
                 body.len()
             )

@@ -358,6 +358,23 @@ impl<'c> Namespace<'c> {
         self.get_lease_named(ELECTION)
     }
 
+    /// The API path of the election's Lease.
+    pub fn lease_path(&self) -> String {
+        format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{ELECTION}",
+            self.name
+        )
+    }
+
+    /// `kubectl annotate lease my-app key=value --overwrite`.
+    pub fn annotate_lease(&self, key: &str, value: &str) {
+        self.api.patch(
+            &self.lease_path(),
+            MERGE,
+            &json!({"metadata": {"annotations": {key: value}}}),
+        );
+    }
+
     /// Any Lease of this namespace, None if it does not exist.
     pub fn get_lease_named(&self, name: &str) -> Option<Value> {
         let (code, v) = self.api.call(
