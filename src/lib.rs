@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod core;
 pub mod drain;
+pub mod duration;
 pub mod election;
 pub mod events;
 pub mod http;
