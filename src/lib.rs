@@ -14,6 +14,7 @@ pub mod drain;
 pub mod duration;
 pub mod election;
 pub mod events;
+pub mod flags;
 pub mod http;
 pub mod kube;
 pub mod labels;
@@ -21,3 +22,22 @@ pub mod logging;
 pub mod rbac;
 pub mod sensors;
 pub mod telemetry;
+
+/// The README's tables, for the tests that hold them to the code.
+#[cfg(test)]
+pub(crate) mod readme {
+    /// The cells of each row, under `## {heading}`, whose first cell is code.
+    pub fn table_rows(heading: &str) -> Vec<Vec<&'static str>> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split(&format!("\n## {heading}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("README has ## {heading}"));
+        let section = section.split("\n## ").next().unwrap();
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|row| row.split('|').map(str::trim).collect())
+            .collect()
+    }
+}
