@@ -103,7 +103,7 @@ fn wrap<'a>(
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Run(Box<RawArgs>),
+    Run(RawArgs),
     Help,
     Version,
 }
@@ -171,7 +171,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
             format!("unexpected argument {text:?}")
         }));
     }
-    Ok(Command::Run(Box::new(raw)))
+    Ok(Command::Run(raw))
 }
 
 #[cfg(test)]
@@ -180,7 +180,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<RawArgs, UsageError> {
         match parse(args.iter().map(OsString::from).collect())? {
-            Command::Run(r) => Ok(*r),
+            Command::Run(r) => Ok(r),
             other => panic!("{other:?}"),
         }
     }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match Config::build(*raw, &Environment::system()) {
+    let cfg = match Config::build(raw, &Environment::system()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("leader-labeler: {e}");
