@@ -4,6 +4,10 @@
 //! The decision core (`core`, with `election`, `labels` and `drain`) is pure: state and
 //! a clock in, actions out. `controller` runs it on one thread, fed by the sensor threads
 //! in `sensors`; `kube` speaks HTTP to the API server.
+//!
+//! Start-up: `cli` parses the command line by the flag table in `flags`, `config` checks
+//! it once and hands each part its settings (`Config::client_options`,
+//! `Config::core_settings`). `duration` is a leaf any module may use.
 
 pub mod backoff;
 pub mod cli;
