@@ -1,12 +1,15 @@
-//! The command line: flags to `RawArgs`, `--help` and `--version`.
+//! The command line: flags to `RawArgs`, `--help` and `--version`, all by the table in
+//! `flags`.
 //!
 //! Parsing takes an iterator of arguments rather than the process's, so tests can drive
 //! it. Help and version return before anything is read from the environment.
 
-use crate::config::RawArgs;
+use crate::flags::{self, DefaultTo, Flag, Kind, RawArgs, FLAGS};
 use std::ffi::OsString;
+use std::fmt::Write;
 
-pub const HELP: &str = "\
+/// What `--help` prints before the flags.
+const INTRO: &str = "\
 leader-labeler: elect one leader among a workload's pods and label it
 
 USAGE:
@@ -17,63 +20,90 @@ NAME; the holder labels itself <leadership-label>=true and every other pod =fals
 Service selecting <leadership-label>: \"true\" reaches only the leader. Only Ready pods
 compete; they carry <participation-label>=true. On SIGTERM or pod deletion a leader
 keeps leading until another ready pod can take over, then hands over in milliseconds.
+";
 
-ELECTION:
-    --election-name NAME        Lease name and default label prefix (required)
-    --pod-name NAME             This pod's name [default: $POD_NAME, then the hostname]
-    --namespace NS              Namespace of the pod and Lease
-                                [default: $POD_NAMESPACE, then the service-account file]
-    --leadership-label KEY      [default: <election-name>/is-leader]
-    --participation-label KEY   [default: <election-name>/participant]
-    --leader-value VALUE        Leadership label value on the leader [default: true]
-    --follower-value VALUE      ... and on every other pod [default: false]
-
-PREFERENCE (pod annotation <election-name>/priority: higher leads, 0 never leads,
-            default 1; handover on request: annotate the Lease with
-            <election-name>/switchover-to=POD):
-    --prefer-zone ZONE          Prefer pods labeled topology.kubernetes.io/zone=ZONE
-                                at equal priority
-    --failback-after D          Hand over to a more preferred pod once it has been
-                                ready this long; 0 never [default: 30s]
-
-TIMING (Go durations: 500ms, 15s, 1m30s; rule: lease > renew > 1.2 x retry):
-    --lease-duration D          How long followers wait on a silent leader [default: 15s]
-    --renew-deadline D          How long a leader may fail to renew before it stops
-                                acting as leader [default: 10s]
-    --retry-period D            Leader renewal and retry interval [default: 2s]
-    --resync-period D           Leader re-checks every pod's labels [default: 5s]
-    --watch-timeout D           Server-side timeout asked for each watch; 0 lets the
-                                server choose [default: 5m]
-
-CONNECTION (default: in-cluster service account):
-    --server URL                API server, e.g. https://127.0.0.1:6443, or
-                                http://127.0.0.1:8001 for `kubectl proxy`
-    --token-file PATH           Bearer token, re-read every minute and after a 401
-                                [default in a pod: the service-account token]
-    --ca-file PATH              CA bundle to trust, and nothing else
-                                [default for https: the service-account ca.crt]
-
-FOR OPERATORS AND APPS:
-    --http-address ADDR         /healthz, /readyz, /metrics (Prometheus) and /leader
-                                (JSON); `off` disables [default: 0.0.0.0:8089]
-    --leader-file PATH          Keep `true` or `false` in this file (written atomically)
-
-OUTPUT:
-    -v, --verbose               Trace every API call (method, path, status, latency);
-                                -vv adds bodies. The token is never printed.
-                                Log levels otherwise follow RUST_LOG [default: info].
-    -h, --help                  Print this help
-    -V, --version               Print the version and git commit
-
+/// What `--help` prints after the flags.
+const OUTRO: &str = "
 EXIT STATUS:
     0 clean shutdown; 1 fatal runtime error (missing RBAC, pod not found);
     2 invalid flags or values.
 ";
 
+/// The longest line of `--help`, and where each flag's text starts.
+const WIDTH: usize = 88;
+const COLUMN: usize = 32;
+
+/// `--help`: the flags in groups, each with its value, help and default.
+pub fn help() -> String {
+    let mut out = String::from(INTRO);
+    let mut group = "";
+    for flag in FLAGS {
+        let g = flag.group;
+        if g.title != group {
+            group = g.title;
+            out.push('\n');
+            if g.note.is_empty() {
+                let _ = writeln!(out, "{}:", g.title);
+            } else {
+                let line = out.len();
+                let note = format!("{} ({}):", g.title, g.note);
+                wrap(&mut out, line, g.title.len() + 2, note.split(' '));
+            }
+        }
+        let start = out.len();
+        out.push_str("    ");
+        if let Some(short) = flag.short {
+            let _ = write!(out, "{short}, ");
+        }
+        out.push_str(flag.name);
+        if let Kind::Value(v) = flag.kind {
+            let _ = write!(out, " {v}");
+        }
+        let pad = (start + COLUMN).saturating_sub(out.len()).max(1);
+        let _ = write!(out, "{:1$}", "", pad);
+        let default = match flag.default {
+            DefaultTo::Required => Some("(required)".to_string()),
+            DefaultTo::Value(v) | DefaultTo::Derived(v) => Some(format!("[default: {v}]")),
+            DefaultTo::Nothing => None,
+        };
+        // The default is kept whole, on a line of its own if need be.
+        wrap(
+            &mut out,
+            start,
+            COLUMN,
+            flag.help.split(' ').chain(default.as_deref()),
+        );
+    }
+    out + OUTRO
+}
+
+/// Appends `words` to the line begun at `out[line..]`, one space apart, starting a new
+/// line, indented by `indent`, where the next word would pass `WIDTH`.
+fn wrap<'a>(
+    out: &mut String,
+    mut line: usize,
+    indent: usize,
+    words: impl Iterator<Item = &'a str>,
+) {
+    let mut space = "";
+    for word in words.filter(|w| !w.is_empty()) {
+        if !space.is_empty() && out.len() - line + 1 + word.len() > WIDTH {
+            out.push('\n');
+            line = out.len();
+            let _ = write!(out, "{:1$}", "", indent);
+            space = "";
+        }
+        out.push_str(space);
+        out.push_str(word);
+        space = " ";
+    }
+    out.push('\n');
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Run(Box<RawArgs>),
+    Run(RawArgs),
     Help,
     Version,
 }
@@ -96,52 +126,42 @@ pub fn version() -> String {
     )
 }
 
+/// pico-args' keys of a flag: its long and short forms.
+fn keys(flag: &Flag) -> pico_args::Keys {
+    match flag.short {
+        Some(short) => [short, flag.name].into(),
+        None => flag.name.into(),
+    }
+}
+
 pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
     let mut p = pico_args::Arguments::from_vec(args);
-    if p.contains(["-h", "--help"]) {
+    if p.contains(keys(&flags::HELP)) {
         return Ok(Command::Help);
     }
-    if p.contains(["-V", "--version"]) {
+    if p.contains(keys(&flags::VERSION)) {
         return Ok(Command::Version);
     }
-    let mut verbosity = 0u8;
+    let mut raw = RawArgs::default();
     while p.contains("-vv") {
-        verbosity = verbosity.saturating_add(2);
+        raw.verbosity = raw.verbosity.saturating_add(2);
     }
-    while p.contains(["-v", "--verbose"]) {
-        verbosity = verbosity.saturating_add(1);
+    while p.contains(keys(&flags::VERBOSE)) {
+        raw.verbosity = raw.verbosity.saturating_add(1);
     }
-    let mut opt = |name: &'static str| -> Result<Option<String>, UsageError> {
-        p.opt_value_from_str::<_, String>(name)
-            .map_err(|e| match e {
-                pico_args::Error::OptionWithoutAValue(_) => {
-                    UsageError(format!("{name} needs a value"))
+    for flag in FLAGS {
+        if let Kind::Value(_) = flag.kind {
+            let name = flag.name;
+            match p.opt_value_from_str::<_, String>(name) {
+                Ok(Some(v)) => raw.set(flag, v),
+                Ok(None) => {}
+                Err(pico_args::Error::OptionWithoutAValue(_)) => {
+                    return Err(UsageError(format!("{name} needs a value")))
                 }
-                other => UsageError(format!("{name}: {other}")),
-            })
-    };
-    let raw = RawArgs {
-        election_name: opt("--election-name")?,
-        pod_name: opt("--pod-name")?,
-        namespace: opt("--namespace")?,
-        leadership_label: opt("--leadership-label")?,
-        participation_label: opt("--participation-label")?,
-        leader_value: opt("--leader-value")?,
-        follower_value: opt("--follower-value")?,
-        prefer_zone: opt("--prefer-zone")?,
-        failback_after: opt("--failback-after")?,
-        lease_duration: opt("--lease-duration")?,
-        renew_deadline: opt("--renew-deadline")?,
-        retry_period: opt("--retry-period")?,
-        resync_period: opt("--resync-period")?,
-        watch_timeout: opt("--watch-timeout")?,
-        server: opt("--server")?,
-        token_file: opt("--token-file")?,
-        ca_file: opt("--ca-file")?,
-        http_address: opt("--http-address")?,
-        leader_file: opt("--leader-file")?,
-        verbosity,
-    };
+                Err(other) => return Err(UsageError(format!("{name}: {other}"))),
+            }
+        }
+    }
     let rest = p.finish();
     if let Some(first) = rest.first() {
         let text = first.to_string_lossy();
@@ -151,7 +171,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
             format!("unexpected argument {text:?}")
         }));
     }
-    Ok(Command::Run(Box::new(raw)))
+    Ok(Command::Run(raw))
 }
 
 #[cfg(test)]
@@ -160,7 +180,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<RawArgs, UsageError> {
         match parse(args.iter().map(OsString::from).collect())? {
-            Command::Run(r) => Ok(*r),
+            Command::Run(r) => Ok(r),
             other => panic!("{other:?}"),
         }
     }
@@ -168,8 +188,8 @@ mod tests {
     #[test]
     fn both_value_forms() {
         let r = run(&["--election-name=a", "--lease-duration", "3s", "-vv"]).unwrap();
-        assert_eq!(r.election_name.as_deref(), Some("a"));
-        assert_eq!(r.lease_duration.as_deref(), Some("3s"));
+        assert_eq!(r.given(&flags::ELECTION_NAME), Some("a"));
+        assert_eq!(r.given(&flags::LEASE_DURATION), Some("3s"));
         assert_eq!(r.verbosity, 2);
         assert_eq!(run(&["-v"]).unwrap().verbosity, 1);
         assert_eq!(run(&["-v", "--verbose"]).unwrap().verbosity, 2);
@@ -199,5 +219,35 @@ mod tests {
             run(&["--election-name"]).unwrap_err().0,
             "--election-name needs a value"
         );
+    }
+
+    #[test]
+    fn help_shows_every_flag_with_its_value_and_default() {
+        let help = help();
+        for line in help.lines() {
+            assert!(line.len() <= WIDTH, "longer than {WIDTH}: {line:?}");
+        }
+        // Help text, then the default, may run on over the following lines.
+        let mut lines = help.lines().peekable();
+        for flag in FLAGS {
+            let mut entry = lines
+                .by_ref()
+                .find(|l| l.trim_start().starts_with(flag.short.unwrap_or(flag.name)))
+                .unwrap_or_else(|| panic!("{} in --help", flag.name))
+                .to_string();
+            while let Some(next) = lines.next_if(|l| l.starts_with(&" ".repeat(COLUMN))) {
+                entry = entry + " " + next.trim();
+            }
+            if let Kind::Value(v) = flag.kind {
+                assert!(entry.contains(&format!("{} {v} ", flag.name)), "{entry}");
+            }
+            match flag.default {
+                DefaultTo::Value(d) | DefaultTo::Derived(d) => {
+                    assert!(entry.ends_with(&format!("[default: {d}]")), "{entry}")
+                }
+                DefaultTo::Required => assert!(entry.ends_with("(required)"), "{entry}"),
+                DefaultTo::Nothing => assert!(!entry.ends_with(']'), "{entry}"),
+            }
+        }
     }
 }

@@ -4,10 +4,9 @@
 
 use crate::backoff::{Backoff, Jitter, Streak};
 use crate::config::Config;
-use crate::core::{Action, Core, Exit, Notice, Now, Observation, Outcome, Settings};
+use crate::core::{Action, Core, Exit, Notice, Now, Observation, Outcome};
 use crate::kube::types::{lease_body, Lease, Pod};
 use crate::kube::{watch, Client, KubeError};
-use crate::labels::Keys;
 use crate::telemetry::{unix_now, Snapshot, Telemetry};
 use crate::{events, http, rbac, sensors};
 use serde_json::Value;
@@ -69,25 +68,7 @@ pub fn run(cfg: &Config, client: Client, telemetry: Arc<Telemetry>) -> Result<Ex
         },
     );
 
-    let mut core = Core::new(
-        Settings {
-            me: cfg.pod_name.clone(),
-            keys: Keys {
-                leader: cfg.leadership_label.clone(),
-                participant: cfg.participation_label.clone(),
-                election: cfg.election_name.clone(),
-                leader_value: cfg.leader_value.clone(),
-                follower_value: cfg.follower_value.clone(),
-            },
-            lease_duration: cfg.lease_duration,
-            renew_deadline: cfg.renew_deadline,
-            retry_period: cfg.retry_period,
-            resync_period: cfg.resync_period,
-            prefer_zone: cfg.prefer_zone.clone(),
-            failback_after: cfg.failback_after,
-        },
-        Jitter::from_entropy(),
-    );
+    let mut core = Core::new(cfg.core_settings(), Jitter::from_entropy());
     core.observe(Observation::OwnPod(own), Now::system());
     // Signals that arrived while starting.
     while let Ok(obs) = rx.try_recv() {

@@ -9,18 +9,11 @@ use leader_labeler::telemetry::Telemetry;
 use leader_labeler::{controller, logging};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The longest a watch may stay silent before it is taken for a dead connection (a
-/// half-open TCP connection, a stalled proxy). kube-apiserver's watch cache sends a
-/// bookmark to watchers that allow them about once a minute, so a live idle watch is
-/// never cut by this (tests/outage.rs `stalled_watch_is_found_and_idle_ones_are_kept`).
-const WATCH_SILENCE: Duration = Duration::from_secs(75);
 
 fn main() -> ExitCode {
     let raw = match cli::parse(std::env::args_os().skip(1).collect()) {
         Ok(Command::Help) => {
-            print!("{}", cli::HELP);
+            print!("{}", cli::help());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
@@ -33,7 +26,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match Config::build(*raw, &Environment::system()) {
+    let cfg = match Config::build(raw, &Environment::system()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("leader-labeler: {e}");
@@ -43,26 +36,14 @@ fn main() -> ExitCode {
     logging::init(cfg.verbosity);
     log::info!("{}", cli::version());
 
-    // A renewal must not hang past the renew deadline. A watch that is silent for longer
-    // than WATCH_SILENCE (or than the server's own timeout) is dead: kube-apiserver sends
-    // watchers that allow bookmarks one about every minute.
-    let call_timeout =
-        (cfg.renew_deadline / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let watch_idle_timeout = cfg
-        .watch_timeout
-        .map_or(WATCH_SILENCE, |t| t + Duration::from_secs(30))
-        .min(WATCH_SILENCE);
     let telemetry = Arc::new(
         Telemetry::new(&cfg.pod_name, cfg.renew_deadline).with_election(&cfg.election_name),
     );
     let client = match Client::new(
         &cfg.connection,
         ClientOptions {
-            call_timeout,
-            watch_idle_timeout,
-            verbosity: cfg.verbosity,
-            identity: cfg.pod_name.clone(),
             telemetry: Some(telemetry.clone()),
+            ..cfg.client_options()
         },
     ) {
         Ok(c) => c,

@@ -204,19 +204,13 @@ mod tests {
     }
 
     fn cfg() -> Config {
-        let raw = crate::config::RawArgs {
-            election_name: Some("my-app".into()),
-            pod_name: Some("web-0".into()),
-            namespace: Some("prod".into()),
-            server: Some("http://127.0.0.1:8001".into()),
-            ..Default::default()
-        };
-        let env = crate::config::Environment {
-            var: Box::new(|_| None),
-            read_file: Box::new(|_| None),
-            check_readable: Box::new(|_| Ok(())),
-        };
-        Config::build(raw, &env).unwrap()
+        use crate::flags::{ELECTION_NAME, NAMESPACE, POD_NAME, SERVER};
+        let raw = crate::config::RawArgs::default()
+            .with(&ELECTION_NAME, "my-app")
+            .with(&POD_NAME, "web-0")
+            .with(&NAMESPACE, "prod")
+            .with(&SERVER, "http://127.0.0.1:8001");
+        Config::build(raw, &crate::config::Environment::fake(&[])).unwrap()
     }
 
     type Grants = std::collections::BTreeSet<(String, String)>;
@@ -261,15 +255,8 @@ mod tests {
 
     /// (resource, verb) of every row of the README's RBAC table.
     fn listed_in_readme() -> Grants {
-        let readme = include_str!("../README.md");
-        let section = readme
-            .split("\n## RBAC\n")
-            .nth(1)
-            .expect("README has ## RBAC");
-        let section = section.split("\n## ").next().unwrap();
         let mut out = Grants::new();
-        for row in section.lines().filter(|l| l.starts_with("| `")) {
-            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        for cells in crate::readme::table_rows("RBAC") {
             let resource = cells[1].split('`').nth(1).unwrap().to_string();
             for verb in cells[2].split('`').skip(1).step_by(2) {
                 out.insert((resource.clone(), verb.to_string()));

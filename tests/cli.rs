@@ -148,21 +148,9 @@ fn no_server_outside_a_pod() {
 fn help_and_version_succeed() {
     let (code, stdout, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for flag in [
-        "--election-name",
-        "--pod-name",
-        "--namespace",
-        "--leadership-label",
-        "--participation-label",
-        "--lease-duration",
-        "--renew-deadline",
-        "--retry-period",
-        "--server",
-        "--token-file",
-        "--ca-file",
-        "--verbose",
-    ] {
-        assert!(stdout.contains(flag), "help mentions {flag}");
+    assert_eq!(stdout, leader_labeler::cli::help());
+    for flag in leader_labeler::flags::FLAGS {
+        assert!(stdout.contains(flag.name), "help mentions {}", flag.name);
     }
     let (code, stdout, _) = run(&["--version"]);
     assert_eq!(code, 0);

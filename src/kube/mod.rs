@@ -10,7 +10,6 @@ pub mod watch;
 
 pub use error::KubeError;
 
-use crate::config::Connection;
 use crate::telemetry::Telemetry;
 use serde_json::Value;
 use std::io::Read;
@@ -141,6 +140,18 @@ impl TokenFile {
             ))),
         }
     }
+}
+
+/// How to reach the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// Base URL without a trailing slash, e.g. `https://10.0.0.1:443`.
+    pub server: String,
+    /// Bearer token file, re-read regularly (the kubelet rotates it). None: no auth
+    /// (for `kubectl proxy`).
+    pub token_file: Option<PathBuf>,
+    /// CA bundle to trust, and nothing else. None for plain http.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Options that are not part of the user's configuration.
