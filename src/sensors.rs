@@ -154,8 +154,8 @@ pub fn start_lease_sensor(
                     if polled == 0 {
                         log::warn!(
                             "cannot watch the Lease ({e}); polling it every {} instead, and trying the watch again every {}",
-                            crate::config::format_duration(retry),
-                            crate::config::format_duration(WATCH_RETRY_WHILE_POLLING[1])
+                            crate::duration::format_duration(retry),
+                            crate::duration::format_duration(WATCH_RETRY_WHILE_POLLING[1])
                         );
                     }
                     polled += 1;

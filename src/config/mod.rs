@@ -14,10 +14,9 @@ mod names;
 pub use crate::flags::RawArgs;
 pub use crate::kube::Connection;
 pub use environment::{check_readable_file, Environment, FileCheck, Lookup, SERVICE_ACCOUNT_DIR};
-// `crate::config::format_duration` is what src/core/ and sensors.rs name today.
-pub use crate::duration::{format_duration, parse_duration};
 
 use crate::core::Settings;
+use crate::duration::{format_duration, parse_duration};
 use crate::flags::*;
 use crate::kube::ClientOptions;
 use crate::labels::Keys;

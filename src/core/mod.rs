@@ -606,7 +606,7 @@ impl Core {
                         Cause::Signal => "signal received",
                         Cause::Deletion => "pod is being deleted",
                     },
-                    crate::config::format_duration(d.deadline - now.mono)
+                    crate::duration::format_duration(d.deadline - now.mono)
                 );
                 log::info!("{why}");
                 self.notices.push(Notice::DrainStarted(why));
@@ -686,7 +686,7 @@ impl Core {
             if now >= l.renewed_at + self.s.renew_deadline {
                 self.step_down(format!(
                     "lost leadership: no renewal succeeded within the renew deadline ({})",
-                    crate::config::format_duration(self.s.renew_deadline)
+                    crate::duration::format_duration(self.s.renew_deadline)
                 ));
             }
         }

@@ -43,7 +43,7 @@ impl Core {
         }
         log::info!(
             "in contact with the API server again after {}; the Lease holder's silence meanwhile does not count",
-            crate::config::format_duration(now - since)
+            crate::duration::format_duration(now - since)
         );
     }
 }
