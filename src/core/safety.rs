@@ -10,6 +10,11 @@
 //!    decided on, so any claim an earlier leader still has in flight (held by the network,
 //!    or sent by a leader whose takeover answer was lost) fails with 409 once the fence
 //!    lands. The pod labeled `true` is fenced last, just before our claim.
+//!    Proved by `tests::takeover_applied_with_its_answer_lost_still_fences_the_old_leader`,
+//!    `tests::fence_changes_the_pod_even_when_the_transition_count_repeats`,
+//!    `tests::claim_held_in_the_network_is_stale_after_the_next_takeover`,
+//!    `faults::takeover_applied_with_its_answer_lost_still_fences_the_old_leader`,
+//!    `faults::fence_changes_the_pod_even_when_the_lease_was_recreated`.
 //! 2. **Wait out a holder that did not let go** (`note_rival`): after a normal expiry or
 //!    a release the previous holder has stopped. When the Lease is deleted, emptied,
 //!    renamed or shortened by someone else, its holder may not have seen it and can act
@@ -18,18 +23,48 @@
 //!    (same transition count), and a process whose first view is a Lease deleted or
 //!    emptied by hand (`first_lease_view`) waits a renew deadline if a pod is labeled
 //!    leader.
+//!    Proved by `tests::lease_deleted_by_hand_new_leader_waits_out_the_old_holder`,
+//!    `tests::lease_emptied_by_hand_waits_out_the_old_holder`,
+//!    `tests::lease_duration_lowered_by_hand_waits_out_the_old_holder`,
+//!    `tests::a_sidecar_booting_into_a_deleted_lease_waits_out_a_leader_it_cannot_see`,
+//!    `tests::a_release_by_a_holder_we_never_saw_does_not_prove_the_old_one_stopped`,
+//!    `tests::a_cold_start_beside_a_new_leader_waits_out_nobody`,
+//!    `faults::lease_deleted_or_rewritten_by_hand_under_a_live_leader`.
 //! 3. **Stop leading before releasing** (`Core::next_action`): the role changes before
 //!    the release is sent, so a release applied with its answer lost leaves nobody
-//!    claiming.
+//!    claiming; one the server refused for sure gives the leadership back (`handover`).
+//!    Proved by `tests::release_applied_with_its_answer_lost_claims_nothing_back`,
+//!    `tests::a_release_refused_with_409_is_decided_again_at_once`,
+//!    `tests::a_release_whose_answer_never_came_is_decided_again_within_a_retry_period`,
+//!    `faults::release_applied_with_its_answer_lost_claims_nothing_back`,
+//!    `faults::a_refused_release_is_tried_again_within_a_retry_period`.
 //! 4. **After a write whose outcome is unknown, assume it may have been applied**: a
 //!    Lease that names us is only ever resumed through another successful write, and
-//!    then fenced as after any takeover.
+//!    then fenced as after any takeover (`Core::own_lease`).
+//!    Proved by `tests::failed_resume_after_a_restart_keeps_the_label`,
+//!    `tests::restarted_sidecar_resumes_its_own_lease`,
+//!    `faults::failed_resume_after_a_restart_keeps_the_label`.
 //! 5. **Only a leaving pod writes `false` over its own `true`** (`labels`): the next
 //!    leader's fence does it otherwise, so a failed renewal or resume never empties the
-//!    Service by itself.
+//!    Service by itself, and a draining leader keeps it until the fence or its deadline.
+//!    Proved by `tests::leader_renews_every_retry_period_and_steps_down_at_the_renew_deadline`,
+//!    `tests::a_draining_leader_keeps_its_true_until_the_successor_fences_it`,
+//!    `faults::a_drain_keeps_its_leader_until_a_successor_told_to_back_off_claims`,
+//!    `outage::apiserver_outages_do_not_move_leadership`.
 //! 6. **A pod competes only once it carries the label** (`Core::may_compete`), so every
-//!    pod that can ever claim is in the other sidecars' caches and gets fenced; and a
-//!    process whose pod was recreated under its name (another uid) leaves untouched.
+//!    pod that can ever claim is in the other sidecars' caches and gets fenced, a resume
+//!    of our own Lease included; and a process whose pod was recreated under its name
+//!    (another uid) leaves untouched.
+//!    Proved by `tests::first_pod_creates_the_lease_and_labels_itself_leader`,
+//!    `tests::the_own_name_resume_waits_for_the_label`,
+//!    `tests::pod_recreated_under_the_same_name_is_not_adopted`,
+//!    `faults::pod_recreated_under_the_same_name_is_left_to_its_new_sidecar`.
+//!
+//! Every test in `src/core/tests.rs` runs `World::check_one_leader` after each write; the
+//! end-to-end observer checks every pod event (`Observer::assert_never_two_leaders`); the
+//! seeded chaos test (`chaos::chaos`) samples all of the faults together. `tests::` names
+//! a unit test in `src/core/tests.rs`, `faults::` and the others a test in `tests/`; the
+//! test below checks that each named test exists.
 //!
 //! What this does not cover is in docs/design.md ("Fault model").
 
@@ -155,5 +190,39 @@ impl Core {
             stamp: stamp.to_string(),
             drop_participation: pod == previous,
         })
+    }
+}
+
+#[cfg(test)]
+mod named_tests {
+    /// Every test this file names as proof exists.
+    #[test]
+    fn every_test_named_as_proof_exists() {
+        let doc: String = include_str!("safety.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .collect();
+        let files: [(&str, &str); 5] = [
+            ("tests", include_str!("tests.rs")),
+            ("faults", include_str!("../../tests/faults.rs")),
+            ("outage", include_str!("../../tests/outage.rs")),
+            ("chaos", include_str!("../../tests/chaos.rs")),
+            ("e2e", include_str!("../../tests/e2e.rs")),
+        ];
+        let mut named = 0;
+        for span in doc.split('`').skip(1).step_by(2) {
+            let Some((file, test)) = span.split_once("::").filter(|(_, t)| !t.is_empty()) else {
+                continue;
+            };
+            let Some((_, text)) = files.iter().find(|(f, _)| *f == file) else {
+                continue;
+            };
+            named += 1;
+            assert!(
+                text.contains(&format!("fn {test}(")),
+                "safety.rs names {span}, which does not exist"
+            );
+        }
+        assert!(named >= 20, "only {named} tests named");
     }
 }
