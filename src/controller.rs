@@ -8,7 +8,7 @@ use crate::core::{Action, Core, Exit, Notice, Now, Observation, Outcome};
 use crate::kube::types::{lease_body, Lease, Pod};
 use crate::kube::{watch, Client, KubeError};
 use crate::telemetry::{unix_now, Snapshot, Telemetry};
-use crate::{events, http, rbac, sensors};
+use crate::{api, events, http, rbac, sensors};
 use serde_json::Value;
 use std::fmt;
 use std::path::PathBuf;
@@ -44,6 +44,12 @@ impl fmt::Display for RunError {
 impl std::error::Error for RunError {}
 
 /// Runs the sidecar until it has drained. Returns how it ended.
+/// A leader reads the Lease only to decide again after a conflict: client-go's slow path
+/// (`leader_election_slowpath_total`).
+fn is_lease_reread(action: &Action, leading: bool) -> bool {
+    leading && *action == Action::GetLease
+}
+
 pub fn run(cfg: &Config, client: Client, telemetry: Arc<Telemetry>) -> Result<Exit, RunError> {
     let (tx, rx) = mpsc::channel();
     // Signals first: a SIGTERM during start-up must not kill us with the default action.
@@ -102,7 +108,9 @@ pub fn run(cfg: &Config, client: Client, telemetry: Arc<Telemetry>) -> Result<Ex
                 report.events.finish(Duration::from_secs(1));
                 return Ok(how);
             }
-            report.telemetry.note_action(&action, core.is_leader());
+            if is_lease_reread(&action, core.is_leader()) {
+                report.telemetry.count_lease_reread();
+            }
             let started = std::time::Instant::now();
             let outcome = match core.call_deadline(started) {
                 Some(by) => exec.execute(&exec.client.bounded(by - started), &action),
@@ -297,7 +305,7 @@ fn read_own_pod(
     rx: &Receiver<Observation>,
     telemetry: &Telemetry,
 ) -> Result<Pod, RunError> {
-    let path = format!("{}/{}", sensors::pods_path(cfg), cfg.pod_name);
+    let path = format!("{}/{}", api::pods_path(&cfg.namespace), cfg.pod_name);
     let got = patiently("reading this pod", rx, telemetry, || {
         client
             .get(&path)
@@ -327,7 +335,7 @@ impl Executor<'_> {
     fn lease_path(&self) -> String {
         format!(
             "{}/{}",
-            sensors::leases_path(self.cfg),
+            api::leases_path(&self.cfg.namespace),
             self.cfg.election_name
         )
     }
@@ -344,7 +352,7 @@ impl Executor<'_> {
         let (name, ns) = (&self.cfg.election_name, &self.cfg.namespace);
         match action {
             Action::CreateLease(record) => lease(client.post(
-                &sensors::leases_path(self.cfg),
+                &api::leases_path(&self.cfg.namespace),
                 &lease_body(name, ns, None, record),
             )),
             Action::UpdateLease { base, record } => lease(client.put(
@@ -353,24 +361,42 @@ impl Executor<'_> {
             )),
             Action::GetLease => Outcome::Lease(client.get_lease(&self.lease_path())),
             Action::Patch(p) => pod(client.merge_patch(
-                &format!("{}/{}", sensors::pods_path(self.cfg), p.pod),
+                &format!("{}/{}", api::pods_path(&self.cfg.namespace), p.pod),
                 &p.body(),
             )),
             Action::GetPod(n) => {
-                pod(client.get(&format!("{}/{}", sensors::pods_path(self.cfg), n)))
+                pod(client.get(&format!("{}/{}", api::pods_path(&self.cfg.namespace), n)))
             }
             Action::ListPods => Outcome::Pods(
                 watch::list(
                     client,
                     &format!(
                         "{}?{}",
-                        sensors::pods_path(self.cfg),
-                        sensors::pod_selector(self.cfg)
+                        api::pods_path(&self.cfg.namespace),
+                        api::pod_selector(&self.cfg.leadership_label)
                     ),
                 )
                 .map(|(pods, _)| pods),
             ),
             Action::Exit(_) => unreachable!("Exit is handled by the loop"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_leaders_lease_reads_are_re_reads() {
+        assert!(is_lease_reread(&Action::GetLease, true));
+        assert!(
+            !is_lease_reread(&Action::GetLease, false),
+            "a follower's read"
+        );
+        assert!(
+            !is_lease_reread(&Action::ListPods, true),
+            "a leader's other calls"
+        );
     }
 }

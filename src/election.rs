@@ -6,7 +6,7 @@
 //! offset between nodes is harmless (a different clock *rate* is not, as in client-go).
 //! There is no fencing in the Lease itself; label writes are fenced separately (`labels`).
 
-use crate::kube::types::{micro_time, Lease, LeaseRecord};
+use crate::api::types::{micro_time, Lease, LeaseRecord};
 use std::time::{Duration, Instant, SystemTime};
 
 /// A Lease together with the local time its record was last seen changing.

@@ -4,7 +4,7 @@
 //! first is created, later ones bump `count` and `lastTimestamp`. If events are forbidden
 //! the sidecar warns once and carries on without them.
 
-use crate::kube::types::micro_time;
+use crate::api::types::micro_time;
 use crate::kube::{Client, KubeError};
 use serde_json::json;
 use std::collections::HashMap;

@@ -12,7 +12,7 @@
 //! over its own `true` unless it is leaving: the next leader's fence does it, so an
 //! outage or a failed renewal never causes a leaderless moment by itself.
 
-use crate::kube::types::Pod;
+use crate::api::types::Pod;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 

@@ -3,7 +3,7 @@
 //! the API trace (target `api`), `-vv` its bodies (target `api::body`). The trace shows
 //! every conflict, retry and reconnect, which is what debug lines would say.
 
-use crate::kube::types::micro_time;
+use crate::api::types::micro_time;
 use std::io::Write;
 use std::time::SystemTime;
 

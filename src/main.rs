@@ -42,7 +42,10 @@ fn main() -> ExitCode {
     let client = match Client::new(
         &cfg.connection,
         ClientOptions {
-            telemetry: Some(telemetry.clone()),
+            on_response: Some({
+                let t = telemetry.clone();
+                Arc::new(move |method, status| t.count_request(method, status))
+            }),
             ..cfg.client_options()
         },
     ) {

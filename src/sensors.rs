@@ -10,12 +10,13 @@
 //!   this pod and of every other participant;
 //! - SIGTERM and SIGINT.
 
+use crate::api;
 use crate::backoff::Streak;
 use crate::config::Config;
 use crate::core::{Contact, Observation};
 use crate::kube::types::{Lease, Pod};
 use crate::kube::watch::{self, Stopped, Target, Update};
-use crate::kube::{encode_query, Client, KubeError};
+use crate::kube::{Client, KubeError};
 use std::sync::mpsc::Sender;
 use std::thread;
 use std::time::Duration;
@@ -86,23 +87,6 @@ impl Default for ContactTracker {
     }
 }
 
-pub fn leases_path(cfg: &Config) -> String {
-    format!(
-        "/apis/coordination.k8s.io/v1/namespaces/{}/leases",
-        cfg.namespace
-    )
-}
-
-pub fn pods_path(cfg: &Config) -> String {
-    format!("/api/v1/namespaces/{}/pods", cfg.namespace)
-}
-
-/// The label selector of the pods this election cares about: every pod carrying the
-/// leadership key, whatever its value (sidecars label their own pod at start).
-pub fn pod_selector(cfg: &Config) -> String {
-    format!("labelSelector={}", encode_query(&cfg.leadership_label))
-}
-
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
     thread::Builder::new()
         .name(name.into())
@@ -116,12 +100,12 @@ pub fn start_lease_sensor(
     tx: Sender<Observation>,
 ) -> std::io::Result<()> {
     let target = Target::field_name(
-        leases_path(cfg),
+        api::leases_path(&cfg.namespace),
         &cfg.election_name,
         cfg.watch_timeout,
         "Lease watch",
     );
-    let get_path = format!("{}/{}", leases_path(cfg), cfg.election_name);
+    let get_path = format!("{}/{}", api::leases_path(&cfg.namespace), cfg.election_name);
     let retry = cfg.retry_period;
     spawn("lease-watch", move || {
         let mut contact = ContactTracker::new();
@@ -209,8 +193,8 @@ pub fn start_pod_sensor(
     tx: Sender<Observation>,
 ) -> std::io::Result<()> {
     let target = Target {
-        path: pods_path(cfg),
-        selector: pod_selector(cfg),
+        path: api::pods_path(&cfg.namespace),
+        selector: api::pod_selector(&cfg.leadership_label),
         timeout: cfg.watch_timeout,
         what: "pod watch",
     };

@@ -4,7 +4,7 @@
 //! The controller thread is the only writer of the snapshot; the HTTP thread and the API
 //! client only read it or bump counters. Nothing here makes decisions.
 
-use crate::core::{Action, Summary};
+use crate::core::Summary;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,11 +130,9 @@ impl Telemetry {
         self
     }
 
-    /// Called as each action starts: counts the Lease reads a leader makes.
-    pub fn note_action(&self, action: &Action, leading: bool) {
-        if leading && matches!(action, Action::GetLease) {
-            self.lease_rereads.fetch_add(1, Ordering::Relaxed);
-        }
+    /// A leader read the Lease again (after a conflict).
+    pub fn count_lease_reread(&self) {
+        self.lease_rereads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Follows leadership as published, to time each takeover: from the Lease won
@@ -427,11 +425,8 @@ mod tests {
         };
         t.observe_leadership(&Summary::default(), t0);
         t.observe_leadership(&leading(false), t0);
-        t.note_action(&Action::GetLease, true);
-        t.note_action(&Action::GetLease, true);
-        // Not counted: a follower's read, and a leader's other calls.
-        t.note_action(&Action::GetLease, false);
-        t.note_action(&Action::ListPods, true);
+        t.count_lease_reread();
+        t.count_lease_reread();
         t.observe_leadership(&leading(true), t0 + Duration::from_millis(30));
         t.publish(Snapshot {
             state: leading(true),

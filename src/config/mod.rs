@@ -297,7 +297,7 @@ impl Config {
         })
     }
 
-    /// What the API client needs besides the connection (`telemetry` is left for `main`
+    /// What the API client needs besides the connection (`on_response` is left for `main`
     /// to connect). A renewal must not hang past the renew deadline, so a call gets half
     /// of it (1 to 10 s). A watch silent for longer than `WATCH_SILENCE`, or than the
     /// server's own timeout plus 30 s, is dead.
@@ -311,7 +311,7 @@ impl Config {
                 .min(WATCH_SILENCE),
             verbosity: self.verbosity,
             identity: self.pod_name.clone(),
-            telemetry: None,
+            on_response: None,
         }
     }
 
@@ -419,7 +419,7 @@ mod tests {
         assert_eq!(o.call_timeout, Duration::from_secs(5));
         assert_eq!(o.watch_idle_timeout, WATCH_SILENCE);
         assert_eq!((o.verbosity, o.identity.as_str()), (0, "web-0"));
-        assert!(o.telemetry.is_none());
+        assert!(o.on_response.is_none());
         let s = c.core_settings();
         assert_eq!(s.me, "web-0");
         assert_eq!(s.keys.leader, "my-app/is-leader");

@@ -34,7 +34,7 @@
 //! and never takes the lease, even when it is the only ready pod.
 
 use super::*;
-use crate::kube::types::LeaseRecord;
+use crate::api::types::LeaseRecord;
 
 /// Pods without the annotation, or with a value that is not a whole number.
 const DEFAULT_PRIORITY: u32 = 1;

@@ -6,11 +6,11 @@
 //! action, performs it, and reports the outcome. Time comes in as an argument, so the
 //! tests drive it to the millisecond without a server or a sleep.
 
+use crate::api::types::{is_older, Lease, LeaseRecord, Pod};
+use crate::api::KubeError;
 use crate::backoff::Jitter;
 use crate::drain::{Cause, Drain};
 use crate::election::{self, Observed};
-use crate::kube::types::{is_older, Lease, LeaseRecord, Pod};
-use crate::kube::KubeError;
 use crate::labels::{self, Fence, Keys, Patch, Standing};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};

@@ -69,7 +69,7 @@
 //! What this does not cover is in docs/design.md ("Fault model").
 
 use super::*;
-use crate::kube::types::{Lease, LeaseRecord};
+use crate::api::types::{Lease, LeaseRecord};
 
 impl Core {
     /// A record naming `prev`'s holder was replaced. If the holder did not release it

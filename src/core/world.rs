@@ -356,7 +356,7 @@ impl World {
                     Action::UpdateLease { base, .. } => Some(base),
                     _ => None,
                 };
-                let mut body = crate::kube::types::lease_body("my-app", "ns", base, record);
+                let mut body = crate::api::types::lease_body("my-app", "ns", base, record);
                 body["metadata"]["resourceVersion"] = json!(rv);
                 let l = Lease::from_json(&body).expect("a Lease");
                 self.lease = Some(l.clone());

@@ -4,13 +4,11 @@
 //! file every minute and after a 401, because the kubelet rotates bound tokens in place),
 //! and traces every call at `-v` like curl would, without ever printing the token.
 
-pub mod error;
-pub mod types;
 pub mod watch;
 
-pub use error::KubeError;
+// The plain data the client sends and returns.
+pub use crate::api::{encode_query, error, types, KubeError};
 
-use crate::telemetry::Telemetry;
 use serde_json::Value;
 use std::io::Read;
 use std::path::PathBuf;
@@ -45,7 +43,7 @@ struct Inner {
     shape: Shape,
     token: Option<TokenFile>,
     verbosity: u8,
-    telemetry: Option<Arc<Telemetry>>,
+    on_response: Option<OnResponse>,
 }
 
 struct Agents {
@@ -163,9 +161,12 @@ pub struct ClientOptions {
     pub verbosity: u8,
     /// Added to the User-Agent, so audit logs tell the pods apart.
     pub identity: String,
-    /// Counts requests by method and status.
-    pub telemetry: Option<Arc<Telemetry>>,
+    /// Told of every response (`main` counts them in the metrics).
+    pub on_response: Option<OnResponse>,
 }
+
+/// Called with each request's method and the status of its answer ("error": none came).
+pub type OnResponse = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl Client {
     pub fn new(conn: &Connection, opts: ClientOptions) -> Result<Client, KubeError> {
@@ -208,7 +209,7 @@ impl Client {
                     cached: Mutex::new(None),
                 }),
                 verbosity: opts.verbosity,
-                telemetry: opts.telemetry,
+                on_response: opts.on_response,
             }),
             timeout: None,
         })
@@ -398,10 +399,10 @@ impl Client {
                 run(agent, req, self.timeout)
             }
         };
-        if let Some(t) = &self.inner.telemetry {
+        if let Some(tell) = &self.inner.on_response {
             match &result {
-                Ok(r) => t.count_request(method.as_str(), r.status().as_str()),
-                Err(_) => t.count_request(method.as_str(), "error"),
+                Ok(r) => tell(method.as_str(), r.status().as_str()),
+                Err(_) => tell(method.as_str(), "error"),
             }
         }
         result.map_err(|e| {
@@ -548,19 +549,6 @@ fn decode(
     })
 }
 
-/// Percent-encodes a query value (label selectors contain '/', '=' and ',').
-pub fn encode_query(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,7 +602,7 @@ mod tests {
                 watch_idle_timeout: Duration::from_secs(2),
                 verbosity: 0,
                 identity: "t".into(),
-                telemetry: None,
+                on_response: None,
             },
         )
         .unwrap()
