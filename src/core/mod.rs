@@ -213,7 +213,7 @@ enum Pending {
 }
 
 /// The decision core. See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Core {
     s: Settings,
     lease: LeaseView,
@@ -1143,6 +1143,9 @@ use handover::Plan;
 
 #[cfg(test)]
 mod world;
+
+#[cfg(test)]
+mod model;
 
 #[cfg(test)]
 mod tests;
