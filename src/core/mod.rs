@@ -221,7 +221,7 @@ enum Pending {
 const FORBIDDEN_BEFORE_SLOWING: u32 = 4;
 
 /// The decision core. See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Core {
     s: Settings,
     lease: LeaseView,
@@ -1252,6 +1252,9 @@ use handover::Plan;
 
 #[cfg(test)]
 mod world;
+
+#[cfg(test)]
+mod model;
 
 #[cfg(test)]
 mod tests;
