@@ -21,7 +21,9 @@
 //!    hung sidecar cannot take the Lease). A new leader fences before any of these.
 //!
 //! Followers leave a release that names a pod to that pod for a lease duration, but only
-//! while it is a ready participant that may lead and has not declined one before.
+//! while it is a ready participant that may lead and has not declined one before. A
+//! releaser that sees its designee let the wait pass (a hung sidecar looks ready) frees
+//! the Lease for the next pod, or for anyone, so a pod that starts later takes it at once.
 //!
 //! A release the server refuses for sure (409: the Lease changed since we read it; 429:
 //! not even looked at) changed nothing: the leader leads on as before and decides again
@@ -122,6 +124,15 @@ impl Core {
             && now < o.observed_at + self.s.lease_duration
             && !self.declined.contains(to)
             && self.pods.get(to).is_some_and(|p| self.unfit(p).is_none())
+    }
+
+    /// A release meant for another pod that has not taken it within the courtesy wait.
+    pub(super) fn passed_over(&self, o: &Observed, now: Instant) -> bool {
+        let to = &o.lease.record.handover_to;
+        o.holder().is_empty()
+            && !to.is_empty()
+            && *to != self.s.me
+            && now >= o.observed_at + self.s.lease_duration
     }
 
     /// The Lease went from a release meant for `X` to another holder: `X` let it pass.

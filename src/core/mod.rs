@@ -778,6 +778,22 @@ impl Core {
             (Role::HandingOver { .. }, LeaseView::Present(o)) if o.holder() == self.s.me => {
                 self.own_lease(o, now, must_leave)
             }
+            // Our release's designee let its courtesy wait pass: free it for the next.
+            (Role::HandingOver { .. }, LeaseView::Present(o)) if self.passed_over(o, now.mono) => {
+                let to = o.lease.record.handover_to.clone();
+                if self.declined.insert(to.clone()) {
+                    log::warn!("{to} did not take the Lease released for it (is its sidecar running?); releasing it for another pod");
+                }
+                let next = self
+                    .successor()
+                    .filter(|p| !self.declined.contains(&p.name))
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                let record = election::release(&o.lease.record, now.wall, &next);
+                let base = o.lease.clone();
+                self.release_why = Some("the pod it was released for did not take it");
+                Some(Action::UpdateLease { base, record })
+            }
             (Role::Follower, LeaseView::Present(o)) => {
                 if o.holder() == self.s.me {
                     return self.own_lease(o, now, must_leave);
