@@ -15,11 +15,11 @@ pub use crate::flags::RawArgs;
 pub use crate::kube::Connection;
 pub use environment::{check_readable_file, Environment, FileCheck, Lookup, SERVICE_ACCOUNT_DIR};
 
+use crate::core::labels::Keys;
 use crate::core::Settings;
 use crate::duration::{format_duration, parse_duration};
 use crate::flags::*;
 use crate::kube::ClientOptions;
-use crate::labels::Keys;
 use names::{check_dns_label, check_dns_subdomain, check_label_value, check_qualified_name};
 use std::fmt;
 use std::path::PathBuf;

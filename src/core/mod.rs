@@ -9,9 +9,9 @@
 use crate::api::types::{is_older, Lease, LeaseRecord, Pod};
 use crate::api::KubeError;
 use crate::backoff::Jitter;
-use crate::drain::{Cause, Drain};
-use crate::election::{self, Observed};
-use crate::labels::{self, Fence, Keys, Patch, Standing};
+use drain::{Cause, Drain};
+use election::Observed;
+use labels::{Fence, Keys, Patch, Standing};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -1260,7 +1260,10 @@ impl Core {
     }
 }
 
+pub mod drain;
+pub mod election;
 mod handover;
+pub mod labels;
 mod outage;
 mod safety;
 

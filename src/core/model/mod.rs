@@ -745,7 +745,7 @@ impl Cluster {
             | Fault::LeaseTouched
             | Fault::Switchover => {
                 Self::disturb(net, &all, t);
-                let stamp = crate::kube::types::micro_time(now.wall);
+                let stamp = crate::api::types::micro_time(now.wall);
                 let (events, what) = match f {
                     Fault::LeaseDeleted => (net.server.delete_lease(), "deletes the Lease".into()),
                     Fault::LeaseEmptied => (

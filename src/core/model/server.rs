@@ -6,7 +6,7 @@
 //! model.
 
 use super::super::*;
-use crate::kube::types::lease_body;
+use crate::api::types::lease_body;
 use serde_json::json;
 
 /// The Lease's name (and its annotations' prefix), as in `world.rs`.
