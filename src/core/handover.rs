@@ -68,7 +68,7 @@ impl Core {
 
     /// How much the election prefers this pod as leader.
     fn rank(&self, p: &Pod) -> (u32, bool) {
-        let zone = self.s.prefer_zone.as_deref();
+        let zone = self.settings.prefer_zone.as_deref();
         (
             self.priority(p),
             zone.is_some() && p.label(ZONE_LABEL) == zone,
@@ -81,7 +81,7 @@ impl Core {
             Some("it is not Ready")
         } else if p.deleting {
             Some("it is being deleted")
-        } else if p.label(&self.s.keys.participant) != Some("true") {
+        } else if p.label(&self.settings.keys.participant) != Some("true") {
             Some("it is not a participant")
         } else if self.priority(p) == 0 {
             Some("its priority is 0 (never leads)")
@@ -94,14 +94,14 @@ impl Core {
     pub(super) fn successor(&self) -> Option<&Pod> {
         self.pods
             .values()
-            .filter(|p| p.name != self.s.me && self.unfit(p).is_none())
+            .filter(|p| p.name != self.settings.me && self.unfit(p).is_none())
             .max_by_key(|p| self.rank(p))
     }
 
     /// When leadership fails back to `best` (the successor), once it has been ready long
     /// enough; None: it does not rank above this pod, or failback is off.
     fn failback_at(&self, best: &Pod) -> Option<Instant> {
-        let wait = self.s.failback_after?;
+        let wait = self.settings.failback_after?;
         let own = self.own.as_ref()?;
         if self.rank(best) <= self.rank(own) || self.declined.contains(&best.name) {
             return None;
@@ -120,8 +120,8 @@ impl Core {
     pub(super) fn waiting_for_designee(&self, o: &Observed, now: Instant) -> bool {
         let to = &o.lease.record.handover_to;
         !to.is_empty()
-            && *to != self.s.me
-            && now < o.observed_at + self.s.lease_duration
+            && *to != self.settings.me
+            && now < o.observed_at + self.settings.lease_duration
             && !self.declined.contains(to)
             && self.pods.get(to).is_some_and(|p| self.unfit(p).is_none())
     }
@@ -131,8 +131,8 @@ impl Core {
         let to = &o.lease.record.handover_to;
         o.holder().is_empty()
             && !to.is_empty()
-            && *to != self.s.me
-            && now >= o.observed_at + self.s.lease_duration
+            && *to != self.settings.me
+            && now >= o.observed_at + self.settings.lease_duration
     }
 
     /// The Lease went from a release meant for `X` to another holder: `X` let it pass.
@@ -159,7 +159,7 @@ impl Core {
                 e,
                 KubeError::Busy { code: 429, .. } | KubeError::Status { code: 429, .. }
             );
-        if let Some(l) = was.filter(|_| refused && self.lease_holder() == self.s.me) {
+        if let Some(l) = was.filter(|_| refused && self.lease_holder() == self.settings.me) {
             log::info!("the release was refused ({}); leading on", e.kind());
             self.role = Role::Leader(l.clone());
         }
@@ -170,7 +170,8 @@ impl Core {
         if must_leave {
             // No time for anything but the release (a valid switchover target first).
             let asked = o.lease.switchover_to().filter(|to| {
-                *to != self.s.me && self.pods.get(*to).is_some_and(|p| self.unfit(p).is_none())
+                *to != self.settings.me
+                    && self.pods.get(*to).is_some_and(|p| self.unfit(p).is_none())
             });
             return Plan::Release {
                 to: asked
@@ -181,7 +182,7 @@ impl Core {
             };
         }
         if let Some(to) = o.lease.switchover_to() {
-            if to == self.s.me {
+            if to == self.settings.me {
                 return Plan::Refuse(String::new());
             }
             let why = match self.pods.get(to) {
@@ -202,7 +203,8 @@ impl Core {
             return Plan::Stay;
         };
         if cannot_serve {
-            let participating = own.is_some_and(|p| p.label(&self.s.keys.participant).is_some());
+            let participating =
+                own.is_some_and(|p| p.label(&self.settings.keys.participant).is_some());
             if participating && !self.eligible() {
                 return Plan::DropParticipationFirst;
             }

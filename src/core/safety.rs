@@ -79,7 +79,7 @@ impl Core {
     /// writing labels. After a normal expiry this moment has already passed.
     pub(super) fn note_rival(&mut self, prev: &Observed, next: Option<&LeaseRecord>) {
         let holder = prev.holder();
-        if holder.is_empty() || holder == self.s.me {
+        if holder.is_empty() || holder == self.settings.me {
             return;
         }
         if next.is_some_and(|r| {
@@ -118,14 +118,14 @@ impl Core {
 
     /// See `first_lease_view`; also called with the first pod list, if it came after.
     pub(super) fn wait_out_unseen_holder(&mut self, since: Instant) {
-        let keys = &self.s.keys;
-        let me = &self.s.me;
+        let keys = &self.settings.keys;
+        let me = &self.settings.me;
         if self
             .pods
             .values()
             .any(|p| p.name != *me && keys.says_leader(p))
         {
-            let until = since + self.s.renew_deadline;
+            let until = since + self.settings.renew_deadline;
             if self.rivals_until.is_none_or(|t| t < until) {
                 self.rivals_until = Some(until);
             }
@@ -135,7 +135,7 @@ impl Core {
     /// After the list that follows a takeover: every other pod in the election, and the
     /// previous holder's pod wherever it is, gets the fence.
     pub(super) fn plan_fencing(&mut self) {
-        let me = self.s.me.clone();
+        let me = self.settings.me.clone();
         let mut listed = BTreeSet::new();
         listed.extend(self.pods.keys().filter(|n| **n != me).cloned());
         if let Role::Leader(l) = &mut self.role {
@@ -180,7 +180,7 @@ impl Core {
         let serving = |name: &str| {
             self.pods
                 .get(name)
-                .is_some_and(|p| self.s.keys.says_leader(p))
+                .is_some_and(|p| self.settings.keys.says_leader(p))
         };
         let pod = pods
             .iter()

@@ -12,9 +12,11 @@
 //! Merge patches behave like the real server's: a patch that changes nothing keeps the
 //! resourceVersion. After every write, `check_one_leader` holds the product's promise.
 
+use super::labels::Keys;
 use super::*;
 use serde_json::json;
 use std::collections::VecDeque;
+use std::time::SystemTime;
 
 pub const ME: &str = "pod-b";
 
@@ -463,9 +465,11 @@ impl World {
         let leaders: Vec<_> = self
             .pods
             .values()
-            .filter(|p| self.core.s.keys.says_leader(p))
+            .filter(|p| self.core.settings.keys.says_leader(p))
             // Pods of another election that shares the label key have leaders of their own.
-            .filter(|p| labels::election_of(&self.core.s.keys, p).is_none_or(|e| e == "my-app"))
+            .filter(|p| {
+                labels::election_of(&self.core.settings.keys, p).is_none_or(|e| e == "my-app")
+            })
             .map(|p| p.name.clone())
             .collect();
         assert!(leaders.len() <= 1, "two leaders: {leaders:?}");

@@ -36,12 +36,14 @@ mod server;
 #[cfg(test)]
 mod regressions;
 
+use super::labels::Keys;
 use super::*;
 use server::{Event, Server, LEASE};
 use stateright::{Checker as _, Model, Property};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
+use std::time::SystemTime;
 
 /// The pods, in order.
 const NAMES: [&str; 4] = ["pod-a", "pod-b", "pod-c", "pod-d"];

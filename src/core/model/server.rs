@@ -5,6 +5,7 @@
 //! stores and answers, and leaves delivery (each sidecar's own streams, their lag) to the
 //! model.
 
+use super::super::labels::Keys;
 use super::super::*;
 use crate::api::types::lease_body;
 use serde_json::json;
