@@ -21,7 +21,8 @@
 //!
 //! - **one leader**: at most one pod labeled leader on the server;
 //! - **no needless failover**: nobody takes the Lease from a holder that is alive, ready,
-//!   not draining, and has had no fault for a lease duration plus a retry period;
+//!   not draining, and has had no fault for two retry periods (back in contact, a holder
+//!   renews within one, whatever a Retry-After said);
 //! - **leader within lease + 2 x retry**: once faults stop, if a ready participant's
 //!   sidecar runs, some sidecar leads, holds the Lease and its pod is labeled leader;
 //! - **handover within 2 x retry**: a sidecar that handed over (role `HandingOver`) is
@@ -53,10 +54,12 @@ const RETRY_S: u64 = 2;
 const RESYNC_S: u64 = 10;
 /// terminationGracePeriodSeconds of every pod.
 const GRACE_S: u64 = 6;
-/// What a 429 asks for: longer than the renew deadline.
-const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// What a 429 asks for: longer than the renew deadline and the lease.
+const RETRY_AFTER: Duration = Duration::from_secs(8);
 /// A call whose answer is lost times out after at most this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(RETRY_S);
+/// How long an outage of the API server lasts.
+const OUTAGE: Duration = Duration::from_secs(RENEW_S + RETRY_S);
 /// More actions than this by one sidecar at one instant: it spins.
 const RUNAWAY: u32 = 40;
 
@@ -98,10 +101,13 @@ pub enum Fault {
     LeaseForeign,
     LeaseTouched,
     Switchover,
+    /// The API server is gone for `OUTAGE` (longer than the renew deadline): every call
+    /// fails, the watches break (each Lease sensor says `Lost`) and come back with a list.
+    Outage,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 17] = [
+    pub const ALL: [Fault; 18] = [
         Fault::Lost,
         Fault::Conflict,
         Fault::Busy,
@@ -119,6 +125,7 @@ impl Fault {
         Fault::LeaseForeign,
         Fault::LeaseTouched,
         Fault::Switchover,
+        Fault::Outage,
     ];
 
     fn on_write(self) -> bool {
@@ -143,6 +150,9 @@ pub struct Bound {
     /// Faults from outside the sidecars (all but those of a write) strike in any state;
     /// otherwise only where nothing is left to do at this instant (between bursts).
     pub anywhere: bool,
+    /// No write fault strikes a release (a Lease write with no holder): issue 17 path 1,
+    /// a refused release strands the leader, until it is fixed.
+    pub spare_releases: bool,
     /// The checker's own test: the server answers a sidecar's patches of other pods as if
     /// applied, and drops them.
     pub sabotage: bool,
@@ -170,6 +180,7 @@ impl Bound {
             start: Start::Settled,
             anywhere: true,
             sabotage: false,
+            spare_releases: false,
         }
     }
 
@@ -207,6 +218,9 @@ impl Bound {
                 _ => panic!("MODEL_START={v:?}: boot or settled"),
             };
         }
+        if let Some(v) = var("MODEL_SPARE_RELEASES") {
+            b.spare_releases = v == "1";
+        }
         if let Some(v) = var("MODEL_FAULTS_ANYWHERE") {
             b.anywhere = v == "1";
         }
@@ -243,7 +257,12 @@ impl Bound {
                 Start::Settled => "a settled cluster",
             },
             self.faults,
-            if self.anywhere { "" } else { ", outside ones between bursts" },
+            match (self.anywhere, self.spare_releases) {
+                (true, false) => "",
+                (true, true) => ", none on releases",
+                (false, false) => ", outside ones between bursts",
+                (false, true) => ", outside ones between bursts, none on releases",
+            },
             self.horizon.as_secs()
         )
     }
@@ -325,6 +344,8 @@ pub struct Net {
     quiet_from: Duration,
     /// A property broken by a step rather than visible in a state.
     broken: Option<String>,
+    /// The API server is down until then.
+    outage_until: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -511,7 +532,7 @@ impl Cluster {
     }
 
     /// No needless failover: the Lease moved from a holder that was alive, ready, not
-    /// leaving, and free of faults for a lease duration plus a retry period.
+    /// leaving, and free of faults for two retry periods.
     fn check_takeover(&self, net: &mut Net, from: usize, before: Option<&LeaseRecord>) {
         let taker = net.cars[from].name;
         let Some(prev) = before else { return };
@@ -528,7 +549,8 @@ impl Cluster {
         let Some(core) = &h.core else { return };
         let pod = net.server.pods.get(h.name);
         let serving = pod.is_some_and(|p| p.ready && !p.deleting) && !core.draining();
-        let undisturbed = net.now >= h.quiet_from + secs(LEASE_S + RETRY_S);
+        // Back in contact, a holder renews (or resumes) within a retry period.
+        let undisturbed = net.now >= h.quiet_from + secs(2 * RETRY_S);
         if serving && undisturbed && net.broken.is_none() {
             net.broken = Some(format!(
                 "needless failover: {taker} took the Lease from {}, alive, ready and without a fault since {}",
@@ -584,6 +606,16 @@ impl Cluster {
             }
             return note;
         }
+        if net.outage_until.is_some() {
+            let e = KubeError::Transport("connection refused".into());
+            let call = Call {
+                outcome: Self::failed(&a, e),
+                faulty: false,
+                due: t,
+            };
+            let _ = write!(note, " [API server down] -> {}", self.answer(net, i, call));
+            return note;
+        }
         let call = match fault {
             None => Call {
                 outcome: self.call(net, i, &a),
@@ -637,7 +669,10 @@ impl Cluster {
                                 Duration::ZERO,
                             ),
                         };
-                        Self::disturb(net, &[i], window(pause));
+                        // The sidecar is answered now; whoever waits on it may wait out
+                        // the pause (liveness), but a holder must not (issue 17 path 2).
+                        Self::disturb(net, &[i], t);
+                        net.quiet_from = net.quiet_from.max(window(pause));
                         Call {
                             outcome: Self::failed(&a, e),
                             faulty: false,
@@ -734,6 +769,19 @@ impl Cluster {
                 self.boot(net, i);
                 format!("{name}'s sidecar crashes and restarts")
             }
+            Fault::Outage => {
+                let until = t + OUTAGE;
+                Self::disturb(net, &all, until);
+                net.outage_until = Some(until);
+                for i in 0..net.cars.len() {
+                    if net.cars[i].core.is_some() {
+                        net.cars[i]
+                            .lease_q
+                            .push_back(Observation::LeaseContact(Contact::Lost));
+                    }
+                }
+                format!("the API server goes away until {}", ms(until))
+            }
             Fault::Kill => {
                 Self::disturb(net, &[i], t);
                 Self::stop(net, i);
@@ -824,7 +872,11 @@ impl Cluster {
             next.extend(car.pods_hold);
             next.extend(car.kill_at);
         }
-        next.extend(net.held.iter().map(|h| h.land_by));
+        match net.outage_until {
+            // Nothing reaches a server that is down.
+            Some(until) => next.push(until),
+            None => next.extend(net.held.iter().map(|h| h.land_by)),
+        }
         // The moments a liveness property falls due, so that silence cannot hide a miss.
         if !self.led(net) && Self::faults_over(net) {
             if self.candidate(net, None) {
@@ -848,6 +900,18 @@ impl Cluster {
 
     fn tick(&self, net: &mut Net, to: Duration) {
         net.now = to;
+        if net.outage_until.is_some_and(|u| u <= to) {
+            // Back: the watches answer again and list.
+            net.outage_until = None;
+            let lease = net.server.lease.clone();
+            let pods = net.server.labeled();
+            for car in net.cars.iter_mut().filter(|c| c.core.is_some()) {
+                car.lease_q
+                    .push_back(Observation::LeaseContact(Contact::Restored));
+                car.lease_q.push_back(Observation::Lease(lease.clone()));
+                car.pods_q.push_back(Observation::PodsListed(pods.clone()));
+            }
+        }
         for i in 0..net.cars.len() {
             if net.cars[i].kill_at.is_some_and(|k| k <= to) {
                 self.replace_pod(net, i);
@@ -860,6 +924,7 @@ impl Cluster {
     /// No fault is still at work: no held write or stalled stream, no call timing out.
     fn faults_over(net: &Net) -> bool {
         net.held.is_empty()
+            && net.outage_until.is_none()
             && net.cars.iter().all(|c| {
                 c.lease_hold.is_none()
                     && c.pods_hold.is_none()
@@ -1066,6 +1131,7 @@ impl Model for Cluster {
             faults: 0,
             quiet_from: Duration::ZERO,
             broken: None,
+            outage_until: None,
         };
         let mut state = State {
             note: "start: every pod Ready and unlabeled, no Lease".into(),
@@ -1120,6 +1186,7 @@ impl Model for Cluster {
             }
         }
         let faults_left = net.faults < self.bound.faults;
+        let down = net.outage_until.is_some();
         let menu = |f: Fault| faults_left && self.bound.menu.contains(&f);
         for (i, car) in net.cars.iter().enumerate() {
             if car.core.is_none() {
@@ -1127,7 +1194,9 @@ impl Model for Cluster {
             }
             if let Some(a) = &car.wants {
                 out.push(Step::Act(i, None));
-                if is_write(a) {
+                let release =
+                    matches!(a, Action::UpdateLease { record, .. } if record.holder.is_empty());
+                if is_write(a) && !down && !(release && self.bound.spare_releases) {
                     out.extend(
                         Fault::ALL
                             .iter()
@@ -1157,7 +1226,9 @@ impl Model for Cluster {
                 out.push(Step::KubeletSignal(i));
             }
         }
-        out.extend((0..net.held.len()).map(Step::Land));
+        if net.outage_until.is_none() {
+            out.extend((0..net.held.len()).map(Step::Land));
+        }
         if self.tick_target(net).is_some() {
             out.push(Step::Tick);
         }
@@ -1173,16 +1244,19 @@ impl Model for Cluster {
                 let ok = match f {
                     Fault::HoldLease => running && car.lease_hold.is_none(),
                     Fault::HoldPods => running && car.pods_hold.is_none(),
-                    Fault::Ready | Fault::Delete => present,
+                    // A server that is down takes no change.
+                    Fault::Ready | Fault::Delete => present && !down,
                     Fault::Sigterm | Fault::Crash | Fault::Kill => running,
                     // Edits of the Lease are aimed at nobody: once, with i = 0.
-                    Fault::LeaseDeleted | Fault::LeaseTouched => i == 0 && lease.is_some(),
+                    Fault::LeaseDeleted | Fault::LeaseTouched => i == 0 && !down && lease.is_some(),
                     Fault::LeaseEmptied => {
-                        i == 0 && lease.is_some_and(|l| !l.record.holder.is_empty())
+                        i == 0 && !down && lease.is_some_and(|l| !l.record.holder.is_empty())
                     }
-                    Fault::LeaseForeign => i == 0,
+                    Fault::LeaseForeign => i == 0 && !down,
+                    Fault::Outage => i == 0 && !down,
                     Fault::Switchover => {
                         present
+                            && !down
                             && lease.is_some_and(|l| {
                                 !l.record.holder.is_empty() && l.record.holder != car.name
                             })
