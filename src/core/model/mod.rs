@@ -311,11 +311,53 @@ struct HeldWrite {
     land_by: Duration,
 }
 
+/// A value shared between states until one changes it (most steps change one core), whose
+/// `Debug` is the hash of its own: a state's rendering for its fingerprint stays short.
+#[derive(Clone)]
+pub struct Cached<T> {
+    value: std::sync::Arc<T>,
+    hash: std::sync::OnceLock<u64>,
+}
+
+impl<T> Cached<T> {
+    fn new(value: T) -> Cached<T> {
+        Cached {
+            value: std::sync::Arc::new(value),
+            hash: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Cached<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: Clone> std::ops::DerefMut for Cached<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.hash = std::sync::OnceLock::new();
+        std::sync::Arc::make_mut(&mut self.value)
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Cached<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hash = self.hash.get_or_init(|| {
+            let mut h = std::hash::DefaultHasher::new();
+            h.write(format!("{:?}", self.value).as_bytes());
+            h.finish()
+        });
+        write!(f, "#{hash:016x}")
+    }
+}
+
 /// One sidecar: its core (None while not running) and what is on its way to it.
 #[derive(Debug, Clone)]
 pub struct Car {
     pub name: &'static str,
-    pub core: Option<Core>,
+    pub core: Option<Cached<Core>>,
     /// What the core's next action is now (None: it waits).
     wants: Option<Action>,
     call: Option<Call>,
@@ -435,7 +477,7 @@ impl Cluster {
         );
         let own = net.server.pods[car.name].clone();
         core.observe(Observation::OwnPod(own), now);
-        car.core = Some(core);
+        car.core = Some(Cached::new(core));
         car.call = None;
         car.lease_q = VecDeque::from([Observation::Lease(net.server.lease.clone())]);
         car.pods_q = VecDeque::from([Observation::PodsListed(net.server.labeled())]);
@@ -1394,49 +1436,61 @@ impl Model for Cluster {
     }
 }
 
-/// Runs the search; returns the summary line and the traces of the counterexamples.
-pub fn check(bound: Bound) -> (String, Vec<String>) {
+/// Runs the searches; returns the summary line and the traces of the counterexamples.
+pub fn check(bounds: &[Bound]) -> (String, Vec<String>) {
     let started = Instant::now();
-    let described = bound.describe();
-    let threads = bound.threads;
-    let checker = Cluster::new(bound)
-        .checker()
-        .threads(threads)
-        .spawn_dfs()
-        .join();
-    let model = checker.model();
+    let (mut explored, mut distinct) = (0, 0);
     let mut traces = vec![];
-    let mut names: Vec<_> = checker.discoveries().into_iter().collect();
-    names.sort_by_key(|(name, _)| *name);
-    for (name, path) in names {
-        let states = path.into_states();
-        let last = states
-            .last()
-            .map(|s| s.net.broken.clone())
-            .unwrap_or_default();
-        traces.push(format!(
-            "counterexample to \"{name}\" ({} steps){}:\n{}",
-            states.len() - 1,
-            last.map(|b| format!(": {b}")).unwrap_or_default(),
-            model.trace(&states)
-        ));
+    for bound in bounds {
+        let checker = Cluster::new(bound.clone())
+            .checker()
+            .threads(bound.threads)
+            .spawn_dfs()
+            .join();
+        explored += checker.state_count();
+        distinct += checker.unique_state_count();
+        let model = checker.model();
+        let mut found: Vec<_> = checker.discoveries().into_iter().collect();
+        found.sort_by_key(|(name, _)| *name);
+        for (name, path) in found {
+            let states = path.into_states();
+            let broken = states.last().and_then(|s| s.net.broken.clone());
+            traces.push(format!(
+                "counterexample to \"{name}\" ({} steps{}), bound {}:\n{}",
+                states.len() - 1,
+                broken.map(|b| format!("; {b}")).unwrap_or_default(),
+                bound.describe(),
+                model.trace(&states)
+            ));
+        }
     }
+    let described: Vec<_> = bounds.iter().map(Bound::describe).collect();
     let line = format!(
-        "model: explored {} states ({} distinct), {} counterexamples, bound {described}, {:.1} s",
-        checker.state_count(),
-        checker.unique_state_count(),
+        "model: explored {explored} states ({distinct} distinct), {} counterexamples, bound {}; {:.1} s",
         traces.len(),
+        described.join(" + "),
         started.elapsed().as_secs_f64()
     );
     (line, traces)
 }
 
 /// The bounded search: `cargo test` runs the small bound; `make check-model` the full one
-/// (through the MODEL_* variables, see `Bound::from_env`).
+/// (through the MODEL_* variables, see `Bound::from_env`). Both add the simultaneous boot
+/// of MODEL_BOOT_SIDECARS (2) sidecars, without faults.
 #[test]
 fn every_interleaving_within_the_bound_keeps_the_promises() {
     use std::io::Write as _;
-    let (line, traces) = check(Bound::from_env());
+    let settled = Bound::from_env();
+    let boot = Bound {
+        start: Start::Boot,
+        faults: 0,
+        sidecars: std::env::var("MODEL_BOOT_SIDECARS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
+        ..settled.clone()
+    };
+    let (line, traces) = check(&[settled, boot]);
     let mut err = std::io::stderr();
     for t in &traces {
         let _ = writeln!(err, "{t}");
@@ -1455,7 +1509,7 @@ fn the_checker_finds_two_leaders_when_the_server_loses_fences() {
         sabotage: true,
         ..Bound::small()
     };
-    let (line, traces) = check(bound);
+    let (line, traces) = check(&[bound]);
     assert!(
         traces
             .iter()
