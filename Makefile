@@ -11,7 +11,7 @@ SEED     ?=
 # Missing tools (Rust targets, Debian musl-tools, gcc-aarch64-linux-gnu, qemu-user,
 # buildah) are installed by scripts/deps.sh when a target needs them.
 
-.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-node chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
+.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-node check-model chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,13 @@ NODE_LONG := projected_token_rotated_by_the_kubelet_keeps_working
 
 test-node: control-plane ## Every node scenario, the 9-minute token rotation included
 	cargo test --test node -- --test-threads=8
+
+# The exhaustive check of the decision core (src/core/model): every order of three real
+# cores' steps, stream deliveries, clock moves and up to two faults. `cargo test --lib`
+# (and so make test) runs a small bound of the same search.
+check-model: ## Exhaustive check of the real decision core: 3 sidecars, 2 faults (about 20 min)
+	MODEL_SIDECARS=3 MODEL_FAULTS=2 MODEL_FAULTS_ANYWHERE=0 MODEL_HORIZON=12 MODEL_THREADS=2 \
+		cargo test --profile model --lib core::model::every_interleaving -- --nocapture
 
 chaos: control-plane ## Seeded chaos run: make chaos DURATION=30m [SEED=n] (make test runs 3 minutes)
 	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) cargo test --test chaos -- --nocapture

@@ -21,7 +21,8 @@
 //!
 //! - **one leader**: at most one pod labeled leader on the server;
 //! - **no needless failover**: nobody takes the Lease from a holder that is alive, ready,
-//!   not draining, and has had no fault for a lease duration plus a retry period;
+//!   not draining, and has had no fault for two retry periods (back in contact, a holder
+//!   renews within one, whatever a Retry-After said);
 //! - **leader within lease + 2 x retry**: once faults stop, if a ready participant's
 //!   sidecar runs, some sidecar leads, holds the Lease and its pod is labeled leader;
 //! - **handover within 2 x retry**: a sidecar that handed over (role `HandingOver`) is
@@ -55,10 +56,12 @@ const RETRY_S: u64 = 2;
 const RESYNC_S: u64 = 10;
 /// terminationGracePeriodSeconds of every pod.
 const GRACE_S: u64 = 6;
-/// What a 429 asks for: longer than the renew deadline.
-const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// What a 429 asks for: longer than the renew deadline and the lease.
+const RETRY_AFTER: Duration = Duration::from_secs(8);
 /// A call whose answer is lost times out after at most this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(RETRY_S);
+/// How long an outage of the API server lasts.
+const OUTAGE: Duration = Duration::from_secs(RENEW_S + RETRY_S);
 /// More actions than this by one sidecar at one instant: it spins.
 const RUNAWAY: u32 = 40;
 
@@ -100,10 +103,13 @@ pub enum Fault {
     LeaseForeign,
     LeaseTouched,
     Switchover,
+    /// The API server is gone for `OUTAGE` (longer than the renew deadline): every call
+    /// fails, the watches break (each Lease sensor says `Lost`) and come back with a list.
+    Outage,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 17] = [
+    pub const ALL: [Fault; 18] = [
         Fault::Lost,
         Fault::Conflict,
         Fault::Busy,
@@ -121,6 +127,7 @@ impl Fault {
         Fault::LeaseForeign,
         Fault::LeaseTouched,
         Fault::Switchover,
+        Fault::Outage,
     ];
 
     fn on_write(self) -> bool {
@@ -145,6 +152,9 @@ pub struct Bound {
     /// Faults from outside the sidecars (all but those of a write) strike in any state;
     /// otherwise only where nothing is left to do at this instant (between bursts).
     pub anywhere: bool,
+    /// No write fault strikes a release (a Lease write with no holder): issue 17 path 1,
+    /// a refused release strands the leader, until it is fixed.
+    pub spare_releases: bool,
     /// The checker's own test: the server answers a sidecar's patches of other pods as if
     /// applied, and drops them.
     pub sabotage: bool,
@@ -172,6 +182,7 @@ impl Bound {
             start: Start::Settled,
             anywhere: true,
             sabotage: false,
+            spare_releases: false,
         }
     }
 
@@ -209,6 +220,9 @@ impl Bound {
                 _ => panic!("MODEL_START={v:?}: boot or settled"),
             };
         }
+        if let Some(v) = var("MODEL_SPARE_RELEASES") {
+            b.spare_releases = v == "1";
+        }
         if let Some(v) = var("MODEL_FAULTS_ANYWHERE") {
             b.anywhere = v == "1";
         }
@@ -245,7 +259,12 @@ impl Bound {
                 Start::Settled => "a settled cluster",
             },
             self.faults,
-            if self.anywhere { "" } else { ", outside ones between bursts" },
+            match (self.anywhere, self.spare_releases) {
+                (true, false) => "",
+                (true, true) => ", none on releases",
+                (false, false) => ", outside ones between bursts",
+                (false, true) => ", outside ones between bursts, none on releases",
+            },
             self.horizon.as_secs()
         )
     }
@@ -294,11 +313,53 @@ struct HeldWrite {
     land_by: Duration,
 }
 
+/// A value shared between states until one changes it (most steps change one core), whose
+/// `Debug` is the hash of its own: a state's rendering for its fingerprint stays short.
+#[derive(Clone)]
+pub struct Cached<T> {
+    value: std::sync::Arc<T>,
+    hash: std::sync::OnceLock<u64>,
+}
+
+impl<T> Cached<T> {
+    fn new(value: T) -> Cached<T> {
+        Cached {
+            value: std::sync::Arc::new(value),
+            hash: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Cached<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: Clone> std::ops::DerefMut for Cached<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.hash = std::sync::OnceLock::new();
+        std::sync::Arc::make_mut(&mut self.value)
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Cached<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hash = self.hash.get_or_init(|| {
+            let mut h = std::hash::DefaultHasher::new();
+            h.write(format!("{:?}", self.value).as_bytes());
+            h.finish()
+        });
+        write!(f, "#{hash:016x}")
+    }
+}
+
 /// One sidecar: its core (None while not running) and what is on its way to it.
 #[derive(Debug, Clone)]
 pub struct Car {
     pub name: &'static str,
-    pub core: Option<Core>,
+    pub core: Option<Cached<Core>>,
     /// What the core's next action is now (None: it waits).
     wants: Option<Action>,
     call: Option<Call>,
@@ -327,6 +388,8 @@ pub struct Net {
     quiet_from: Duration,
     /// A property broken by a step rather than visible in a state.
     broken: Option<String>,
+    /// The API server is down until then.
+    outage_until: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -416,7 +479,7 @@ impl Cluster {
         );
         let own = net.server.pods[car.name].clone();
         core.observe(Observation::OwnPod(own), now);
-        car.core = Some(core);
+        car.core = Some(Cached::new(core));
         car.call = None;
         car.lease_q = VecDeque::from([Observation::Lease(net.server.lease.clone())]);
         car.pods_q = VecDeque::from([Observation::PodsListed(net.server.labeled())]);
@@ -513,7 +576,7 @@ impl Cluster {
     }
 
     /// No needless failover: the Lease moved from a holder that was alive, ready, not
-    /// leaving, and free of faults for a lease duration plus a retry period.
+    /// leaving, and free of faults for two retry periods.
     fn check_takeover(&self, net: &mut Net, from: usize, before: Option<&LeaseRecord>) {
         let taker = net.cars[from].name;
         let Some(prev) = before else { return };
@@ -530,7 +593,8 @@ impl Cluster {
         let Some(core) = &h.core else { return };
         let pod = net.server.pods.get(h.name);
         let serving = pod.is_some_and(|p| p.ready && !p.deleting) && !core.draining();
-        let undisturbed = net.now >= h.quiet_from + secs(LEASE_S + RETRY_S);
+        // Back in contact, a holder renews (or resumes) within a retry period.
+        let undisturbed = net.now >= h.quiet_from + secs(2 * RETRY_S);
         if serving && undisturbed && net.broken.is_none() {
             net.broken = Some(format!(
                 "needless failover: {taker} took the Lease from {}, alive, ready and without a fault since {}",
@@ -586,6 +650,16 @@ impl Cluster {
             }
             return note;
         }
+        if net.outage_until.is_some() {
+            let e = KubeError::Transport("connection refused".into());
+            let call = Call {
+                outcome: Self::failed(&a, e),
+                faulty: false,
+                due: t,
+            };
+            let _ = write!(note, " [API server down] -> {}", self.answer(net, i, call));
+            return note;
+        }
         let call = match fault {
             None => Call {
                 outcome: self.call(net, i, &a),
@@ -639,7 +713,10 @@ impl Cluster {
                                 Duration::ZERO,
                             ),
                         };
-                        Self::disturb(net, &[i], window(pause));
+                        // The sidecar is answered now; whoever waits on it may wait out
+                        // the pause (liveness), but a holder must not (issue 17 path 2).
+                        Self::disturb(net, &[i], t);
+                        net.quiet_from = net.quiet_from.max(window(pause));
                         Call {
                             outcome: Self::failed(&a, e),
                             faulty: false,
@@ -736,6 +813,19 @@ impl Cluster {
                 self.boot(net, i);
                 format!("{name}'s sidecar crashes and restarts")
             }
+            Fault::Outage => {
+                let until = t + OUTAGE;
+                Self::disturb(net, &all, until);
+                net.outage_until = Some(until);
+                for i in 0..net.cars.len() {
+                    if net.cars[i].core.is_some() {
+                        net.cars[i]
+                            .lease_q
+                            .push_back(Observation::LeaseContact(Contact::Lost));
+                    }
+                }
+                format!("the API server goes away until {}", ms(until))
+            }
             Fault::Kill => {
                 Self::disturb(net, &[i], t);
                 Self::stop(net, i);
@@ -826,7 +916,11 @@ impl Cluster {
             next.extend(car.pods_hold);
             next.extend(car.kill_at);
         }
-        next.extend(net.held.iter().map(|h| h.land_by));
+        match net.outage_until {
+            // Nothing reaches a server that is down.
+            Some(until) => next.push(until),
+            None => next.extend(net.held.iter().map(|h| h.land_by)),
+        }
         // The moments a liveness property falls due, so that silence cannot hide a miss.
         if !self.led(net) && Self::faults_over(net) {
             if self.candidate(net, None) {
@@ -850,6 +944,18 @@ impl Cluster {
 
     fn tick(&self, net: &mut Net, to: Duration) {
         net.now = to;
+        if net.outage_until.is_some_and(|u| u <= to) {
+            // Back: the watches answer again and list.
+            net.outage_until = None;
+            let lease = net.server.lease.clone();
+            let pods = net.server.labeled();
+            for car in net.cars.iter_mut().filter(|c| c.core.is_some()) {
+                car.lease_q
+                    .push_back(Observation::LeaseContact(Contact::Restored));
+                car.lease_q.push_back(Observation::Lease(lease.clone()));
+                car.pods_q.push_back(Observation::PodsListed(pods.clone()));
+            }
+        }
         for i in 0..net.cars.len() {
             if net.cars[i].kill_at.is_some_and(|k| k <= to) {
                 self.replace_pod(net, i);
@@ -862,6 +968,7 @@ impl Cluster {
     /// No fault is still at work: no held write or stalled stream, no call timing out.
     fn faults_over(net: &Net) -> bool {
         net.held.is_empty()
+            && net.outage_until.is_none()
             && net.cars.iter().all(|c| {
                 c.lease_hold.is_none()
                     && c.pods_hold.is_none()
@@ -1068,6 +1175,7 @@ impl Model for Cluster {
             faults: 0,
             quiet_from: Duration::ZERO,
             broken: None,
+            outage_until: None,
         };
         let mut state = State {
             note: "start: every pod Ready and unlabeled, no Lease".into(),
@@ -1122,6 +1230,7 @@ impl Model for Cluster {
             }
         }
         let faults_left = net.faults < self.bound.faults;
+        let down = net.outage_until.is_some();
         let menu = |f: Fault| faults_left && self.bound.menu.contains(&f);
         for (i, car) in net.cars.iter().enumerate() {
             if car.core.is_none() {
@@ -1129,7 +1238,9 @@ impl Model for Cluster {
             }
             if let Some(a) = &car.wants {
                 out.push(Step::Act(i, None));
-                if is_write(a) {
+                let release =
+                    matches!(a, Action::UpdateLease { record, .. } if record.holder.is_empty());
+                if is_write(a) && !down && !(release && self.bound.spare_releases) {
                     out.extend(
                         Fault::ALL
                             .iter()
@@ -1159,7 +1270,9 @@ impl Model for Cluster {
                 out.push(Step::KubeletSignal(i));
             }
         }
-        out.extend((0..net.held.len()).map(Step::Land));
+        if net.outage_until.is_none() {
+            out.extend((0..net.held.len()).map(Step::Land));
+        }
         if self.tick_target(net).is_some() {
             out.push(Step::Tick);
         }
@@ -1175,16 +1288,19 @@ impl Model for Cluster {
                 let ok = match f {
                     Fault::HoldLease => running && car.lease_hold.is_none(),
                     Fault::HoldPods => running && car.pods_hold.is_none(),
-                    Fault::Ready | Fault::Delete => present,
+                    // A server that is down takes no change.
+                    Fault::Ready | Fault::Delete => present && !down,
                     Fault::Sigterm | Fault::Crash | Fault::Kill => running,
                     // Edits of the Lease are aimed at nobody: once, with i = 0.
-                    Fault::LeaseDeleted | Fault::LeaseTouched => i == 0 && lease.is_some(),
+                    Fault::LeaseDeleted | Fault::LeaseTouched => i == 0 && !down && lease.is_some(),
                     Fault::LeaseEmptied => {
-                        i == 0 && lease.is_some_and(|l| !l.record.holder.is_empty())
+                        i == 0 && !down && lease.is_some_and(|l| !l.record.holder.is_empty())
                     }
-                    Fault::LeaseForeign => i == 0,
+                    Fault::LeaseForeign => i == 0 && !down,
+                    Fault::Outage => i == 0 && !down,
                     Fault::Switchover => {
                         present
+                            && !down
                             && lease.is_some_and(|l| {
                                 !l.record.holder.is_empty() && l.record.holder != car.name
                             })
@@ -1322,49 +1438,61 @@ impl Model for Cluster {
     }
 }
 
-/// Runs the search; returns the summary line and the traces of the counterexamples.
-pub fn check(bound: Bound) -> (String, Vec<String>) {
+/// Runs the searches; returns the summary line and the traces of the counterexamples.
+pub fn check(bounds: &[Bound]) -> (String, Vec<String>) {
     let started = Instant::now();
-    let described = bound.describe();
-    let threads = bound.threads;
-    let checker = Cluster::new(bound)
-        .checker()
-        .threads(threads)
-        .spawn_dfs()
-        .join();
-    let model = checker.model();
+    let (mut explored, mut distinct) = (0, 0);
     let mut traces = vec![];
-    let mut names: Vec<_> = checker.discoveries().into_iter().collect();
-    names.sort_by_key(|(name, _)| *name);
-    for (name, path) in names {
-        let states = path.into_states();
-        let last = states
-            .last()
-            .map(|s| s.net.broken.clone())
-            .unwrap_or_default();
-        traces.push(format!(
-            "counterexample to \"{name}\" ({} steps){}:\n{}",
-            states.len() - 1,
-            last.map(|b| format!(": {b}")).unwrap_or_default(),
-            model.trace(&states)
-        ));
+    for bound in bounds {
+        let checker = Cluster::new(bound.clone())
+            .checker()
+            .threads(bound.threads)
+            .spawn_dfs()
+            .join();
+        explored += checker.state_count();
+        distinct += checker.unique_state_count();
+        let model = checker.model();
+        let mut found: Vec<_> = checker.discoveries().into_iter().collect();
+        found.sort_by_key(|(name, _)| *name);
+        for (name, path) in found {
+            let states = path.into_states();
+            let broken = states.last().and_then(|s| s.net.broken.clone());
+            traces.push(format!(
+                "counterexample to \"{name}\" ({} steps{}), bound {}:\n{}",
+                states.len() - 1,
+                broken.map(|b| format!("; {b}")).unwrap_or_default(),
+                bound.describe(),
+                model.trace(&states)
+            ));
+        }
     }
+    let described: Vec<_> = bounds.iter().map(Bound::describe).collect();
     let line = format!(
-        "model: explored {} states ({} distinct), {} counterexamples, bound {described}, {:.1} s",
-        checker.state_count(),
-        checker.unique_state_count(),
+        "model: explored {explored} states ({distinct} distinct), {} counterexamples, bound {}; {:.1} s",
         traces.len(),
+        described.join(" + "),
         started.elapsed().as_secs_f64()
     );
     (line, traces)
 }
 
 /// The bounded search: `cargo test` runs the small bound; `make check-model` the full one
-/// (through the MODEL_* variables, see `Bound::from_env`).
+/// (through the MODEL_* variables, see `Bound::from_env`). Both add the simultaneous boot
+/// of MODEL_BOOT_SIDECARS (2) sidecars, without faults.
 #[test]
 fn every_interleaving_within_the_bound_keeps_the_promises() {
     use std::io::Write as _;
-    let (line, traces) = check(Bound::from_env());
+    let settled = Bound::from_env();
+    let boot = Bound {
+        start: Start::Boot,
+        faults: 0,
+        sidecars: std::env::var("MODEL_BOOT_SIDECARS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
+        ..settled.clone()
+    };
+    let (line, traces) = check(&[settled, boot]);
     let mut err = std::io::stderr();
     for t in &traces {
         let _ = writeln!(err, "{t}");
@@ -1383,7 +1511,7 @@ fn the_checker_finds_two_leaders_when_the_server_loses_fences() {
         sabotage: true,
         ..Bound::small()
     };
-    let (line, traces) = check(bound);
+    let (line, traces) = check(&[bound]);
     assert!(
         traces
             .iter()

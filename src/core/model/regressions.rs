@@ -103,3 +103,48 @@ fn a_release_to_a_dead_designee_is_freed_for_the_next_pod() {
         w.lease.as_ref().map(|l| &l.record)
     );
 }
+
+/// Checker trace (2 sidecars, faults: the API server gone for longer than the renew
+/// deadline, then a 429 with Retry-After longer than the lease on the old leader's first
+/// write; 29 steps): the old leader, a follower by then, honours Retry-After while the
+/// other pod, in contact again, sees the lease run out and takes it. Required (issue 17
+/// path 2): the holder resumes within a retry period of the API server answering.
+#[test]
+#[ignore = "issue 17 path 2: a Retry-After past the renew deadline moves leadership"]
+fn the_holder_resumes_after_an_outage_whatever_retry_after_says() {
+    let mut w = leader_and_follower();
+    w.at(1000);
+    w.fail_next(1000, KubeError::Transport("connection refused".into()));
+    w.feed(Observation::LeaseContact(Contact::Lost));
+    run_until(&mut w, 1000, 12_000);
+    assert!(!w.core.is_leader(), "past the renew deadline");
+    // The API server is back; its first answer to this pod's Lease write is a 429.
+    w.fail = None;
+    w.feed(Observation::LeaseContact(Contact::Restored));
+    w.feed(Observation::Lease(w.lease.clone()));
+    w.fail_next_of(
+        1,
+        Calls::LeaseWrites,
+        KubeError::Busy {
+            code: 429,
+            message: "too many requests".into(),
+            retry_after: Duration::from_secs(30),
+        },
+    );
+    let mut answered = None;
+    for ms in (12_000..20_000).step_by(250) {
+        w.at(ms);
+        w.run();
+        if matches!(w.fail, Some((0, _))) {
+            answered = Some(ms);
+            break;
+        }
+    }
+    let answered = answered.expect("the holder writes the Lease once the server is back");
+    run_until(&mut w, answered, answered + 2 * 2000);
+    assert!(
+        w.core.is_leader(),
+        "two retry periods after the 429 at {answered} ms: role {:?}",
+        w.core.role()
+    );
+}
