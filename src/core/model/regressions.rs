@@ -110,7 +110,6 @@ fn a_release_to_a_dead_designee_is_freed_for_the_next_pod() {
 /// other pod, in contact again, sees the lease run out and takes it. Required (issue 17
 /// path 2): the holder resumes within a retry period of the API server answering.
 #[test]
-#[ignore = "issue 17 path 2: a Retry-After past the renew deadline moves leadership"]
 fn the_holder_resumes_after_an_outage_whatever_retry_after_says() {
     let mut w = leader_and_follower();
     w.at(1000);
