@@ -937,13 +937,7 @@ fn another_election_sharing_the_label_is_left_alone() {
     w.run();
     assert!(w.core.is_leader());
     // Our own pod carries our election's mark, so the other election leaves it alone.
-    assert_eq!(
-        w.pods[ME]
-            .annotations
-            .get("e/is-leader")
-            .map(String::as_str),
-        Some("my-app/")
-    );
+    assert_eq!(w.mark(ME), Some("my-app/"));
 }
 
 #[test]
@@ -1588,13 +1582,7 @@ fn pods_labeled_before_the_mark_existed_get_it() {
     w.set_lease("pod-a", 1);
     w.boot();
     w.run();
-    assert_eq!(
-        w.pods[ME]
-            .annotations
-            .get("e/is-leader")
-            .map(String::as_str),
-        Some("my-app/")
-    );
+    assert_eq!(w.mark(ME), Some("my-app/"));
 }
 
 #[test]

@@ -475,6 +475,14 @@ impl World {
         assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
     }
 
+    /// The election mark (or fence stamp) on a pod.
+    pub fn mark(&self, pod: &str) -> Option<&str> {
+        self.pods[pod]
+            .annotations
+            .get("e/is-leader")
+            .map(String::as_str)
+    }
+
     pub fn label(&self, pod: &str, key: &str) -> Option<String> {
         self.pods[pod].labels.get(&format!("e/{key}")).cloned()
     }
