@@ -52,7 +52,7 @@ test-node: control-plane ## Every node scenario, the 9-minute token rotation inc
 # cores' steps, stream deliveries, clock moves and up to two faults. `cargo test --lib`
 # (and so make test) runs a small bound of the same search.
 check-model: ## Exhaustive check of the real decision core: 3 sidecars, 2 faults (about 20 min)
-	MODEL_SIDECARS=3 MODEL_FAULTS=2 MODEL_FAULTS_ANYWHERE=0 MODEL_HORIZON=12 MODEL_THREADS=2 \
+	MODEL_SIDECARS=3 MODEL_FAULTS=2 MODEL_FAULTS_ANYWHERE=0 MODEL_FAULTS_UNTIL=4 MODEL_THREADS=2 \
 		cargo test --profile model --lib core::model::every_interleaving -- --nocapture
 
 chaos: control-plane ## Seeded chaos run: make chaos DURATION=30m [SEED=n] (make test runs 3 minutes)

@@ -145,6 +145,8 @@ pub struct Bound {
     pub faults: u32,
     /// Simulated time explored.
     pub horizon: Duration,
+    /// Faults strike up to then (the rest of the horizon is for recovery).
+    pub faults_until: Duration,
     pub menu: Vec<Fault>,
     pub threads: usize,
     /// Where the search starts.
@@ -177,6 +179,7 @@ impl Bound {
             sidecars: 2,
             faults: 1,
             horizon: secs(14),
+            faults_until: secs(14),
             menu: Fault::ALL.to_vec(),
             threads: 1,
             start: Start::Settled,
@@ -209,6 +212,10 @@ impl Bound {
         }
         if let Some(n) = num("MODEL_HORIZON") {
             b.horizon = secs(n);
+            b.faults_until = b.horizon;
+        }
+        if let Some(n) = num("MODEL_FAULTS_UNTIL") {
+            b.faults_until = secs(n);
         }
         if let Some(n) = num("MODEL_THREADS") {
             b.threads = n.max(1) as usize;
@@ -246,25 +253,29 @@ impl Bound {
     }
 
     fn describe(&self) -> String {
-        let menu = if self.menu.len() == Fault::ALL.len() {
+        let mut faults = vec![if self.menu.len() == Fault::ALL.len() {
             "all kinds".to_string()
         } else {
             format!("{:?}", self.menu)
-        };
+        }];
+        if self.faults_until < self.horizon {
+            faults.push(format!("until {} s", self.faults_until.as_secs()));
+        }
+        if !self.anywhere {
+            faults.push("outside ones between bursts".into());
+        }
+        if self.spare_releases {
+            faults.push("none on releases".into());
+        }
         format!(
-            "{} sidecars from {}, {} faults ({menu}{}), {} s simulated (lease {LEASE_S} s, renew {RENEW_S} s, retry {RETRY_S} s)",
+            "{} sidecars from {}, {} faults ({}), {} s simulated (lease {LEASE_S} s, renew {RENEW_S} s, retry {RETRY_S} s)",
             self.sidecars,
             match self.start {
                 Start::Boot => "a simultaneous boot",
                 Start::Settled => "a settled cluster",
             },
             self.faults,
-            match (self.anywhere, self.spare_releases) {
-                (true, false) => "",
-                (true, true) => ", none on releases",
-                (false, false) => ", outside ones between bursts",
-                (false, true) => ", outside ones between bursts, none on releases",
-            },
+            faults.join(", "),
             self.horizon.as_secs()
         )
     }
@@ -390,6 +401,9 @@ pub struct Net {
     broken: Option<String>,
     /// The API server is down until then.
     outage_until: Option<Duration>,
+    /// Until then a holder whose record was edited by hand may still act: a new leader
+    /// waits that long before it writes labels (`safety`, rule 2), handovers included.
+    edited_until: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -462,6 +476,12 @@ impl Cluster {
 
     fn lease_bound(&self) -> Duration {
         secs(LEASE_S + 2 * RETRY_S)
+    }
+
+    /// Where a handover's two retry periods count from: its start, the last fault, and
+    /// the end of any wait for a holder whose record was edited by hand.
+    fn handover_from(&self, net: &Net, since: Instant) -> Duration {
+        self.rel(since).max(net.quiet_from).max(net.edited_until)
     }
 
     fn handover_bound(&self) -> Duration {
@@ -837,6 +857,12 @@ impl Cluster {
             | Fault::LeaseTouched
             | Fault::Switchover => {
                 Self::disturb(net, &all, t);
+                if matches!(
+                    f,
+                    Fault::LeaseDeleted | Fault::LeaseEmptied | Fault::LeaseForeign
+                ) {
+                    net.edited_until = net.edited_until.max(t + secs(LEASE_S));
+                }
                 let stamp = crate::api::types::micro_time(now.wall);
                 let (events, what) = match f {
                     Fault::LeaseDeleted => (net.server.delete_lease(), "deletes the Lease".into()),
@@ -929,7 +955,7 @@ impl Cluster {
             for (i, car) in net.cars.iter().enumerate() {
                 if let Some(Role::HandingOver { since, .. }) = car.core.as_ref().map(|c| c.role()) {
                     if self.candidate(net, Some(i)) {
-                        let from = self.rel(*since).max(net.quiet_from);
+                        let from = self.handover_from(net, *since);
                         next.push(from + self.handover_bound() + Duration::from_millis(1));
                     }
                 }
@@ -1176,6 +1202,7 @@ impl Model for Cluster {
             quiet_from: Duration::ZERO,
             broken: None,
             outage_until: None,
+            edited_until: Duration::ZERO,
         };
         let mut state = State {
             note: "start: every pod Ready and unlabeled, no Lease".into(),
@@ -1229,7 +1256,7 @@ impl Model for Cluster {
                 return;
             }
         }
-        let faults_left = net.faults < self.bound.faults;
+        let faults_left = net.faults < self.bound.faults && net.now <= self.bound.faults_until;
         let down = net.outage_until.is_some();
         let menu = |f: Fault| faults_left && self.bound.menu.contains(&f);
         for (i, car) in net.cars.iter().enumerate() {
@@ -1427,7 +1454,7 @@ impl Model for Cluster {
                     || net.cars.iter().enumerate().all(|(i, car)| {
                         match car.core.as_ref().map(|c| c.role()) {
                             Some(Role::HandingOver { since, .. }) => {
-                                let from = m.rel(*since).max(net.quiet_from);
+                                let from = m.handover_from(net, *since);
                                 net.now <= from + m.handover_bound() || !m.candidate(net, Some(i))
                             }
                             _ => true,

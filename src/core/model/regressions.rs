@@ -147,3 +147,35 @@ fn the_holder_resumes_after_an_outage_whatever_retry_after_says() {
         w.core.role()
     );
 }
+
+/// Checker trace (2 sidecars, faults: the leader's renewal held in the network, its pod
+/// turns unready; 20 steps): the held renewal lands just before the release, so the
+/// release (decided on the older resourceVersion) gets a real 409. The leader re-reads the
+/// Lease, still its own, and stays `HandingOver` with nothing to do: nobody takes over and
+/// it renews nothing for a lease duration. The same path 1 as above, with a conflict no
+/// one injected.
+#[test]
+fn a_release_that_conflicts_with_a_late_renewal_is_decided_again() {
+    let mut w = leader_and_follower();
+    w.delay_next(Calls::LeaseWrites);
+    w.at(2000);
+    w.run(); // the renewal is held: a timeout here, applied later
+    w.at(2500);
+    w.update_pod(ME, |p| p.ready = false);
+    w.run(); // participation dropped; the release waits for the retry after the timeout
+    assert_eq!(w.deliver_delayed(), [true], "the held renewal lands");
+    run_until(&mut w, 2750, 3000);
+    assert!(
+        matches!(w.core.role(), Role::HandingOver { .. }),
+        "the release was decided and refused: {:?}",
+        w.core.role()
+    );
+    run_until(&mut w, 3250, 3000 + 2 * 2000);
+    let released = w.lease.as_ref().unwrap().record.handover_to == "pod-a";
+    assert!(
+        released || w.core.is_leader(),
+        "two retry periods after the 409: role {:?}, Lease {:?}",
+        w.core.role(),
+        w.lease.as_ref().map(|l| &l.record)
+    );
+}
