@@ -289,7 +289,7 @@ fn annotations_tune_the_injected_flags() {
             "leader-labeler.io/lease-duration": "6s",
             "leader-labeler.io/leadership-label": "example.com/role",
             "leader-labeler.io/leader-value": "primary",
-            "leader-labeler.io/token-file": "/not/a/tunable",
+            "leader-labeler.io/pod-name": "not-a-tunable",
             "leader-labeler.io/http-address": "127.0.0.1:18089",
         }),
         true,
