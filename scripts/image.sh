@@ -42,8 +42,9 @@ esac
 
 case "$cmd" in
   build)
-    # A fresh index each time: --manifest adds to an existing one.
-    "${E[@]}" manifest rm "$image" >/dev/null 2>&1 || true
+    # A fresh index each time: --manifest adds to an existing one, and refuses a name
+    # that an image (not an index) holds, as a single-platform build left it.
+    "${E[@]}" manifest rm "$image" >/dev/null 2>&1 || "${E[@]}" rmi -f "$image" >/dev/null 2>&1 || true
     for p in "${PLATFORMS[@]}"; do
       read -r arch bin <<<"$p"
       [ -x "$bin" ] || { echo "image: $bin missing: run 'make static static-arm64' first" >&2; exit 1; }
