@@ -9,9 +9,9 @@ TARBALL  ?= target/leader-labeler-$(VERSION).tar
 DURATION ?= 30m
 SEED     ?=
 # Missing tools (Rust targets, Debian musl-tools, gcc-aarch64-linux-gnu, qemu-user,
-# buildah) are installed by scripts/deps.sh when a target needs them.
+# buildah, jq, containerd) are installed by scripts/deps.sh when a target needs them.
 
-.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-node check-model chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
+.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-inject test-node check-model chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ test-unit: ## Unit tests of the pure parts only (no cluster)
 test-e2e: control-plane ## End-to-end scenarios only
 	cargo test --test e2e
 
+test-inject: control-plane ## Sidecar injection by deploy/inject/ on a real API server (make test runs it)
+	cargo test --test inject
+
 # The node scenario that waits for the kubelet to rotate a projected token (the API
 # server's shortest lifetime is 10 minutes, the kubelet renews at 80%): make test-node only.
 NODE_LONG := projected_token_rotated_by_the_kubelet_keeps_working
@@ -62,19 +65,19 @@ demo: control-plane ## Live demo: local control plane, three pods, handovers mea
 	cargo build --release --quiet
 	cargo run --release --quiet --example demo
 
-image: static ## Build the container image
+image: static static-arm64 ## Build the image index: linux/amd64 and linux/arm64 (podman or buildah)
 	@scripts/deps.sh image
 	scripts/image.sh build $(IMAGE)
 
-image-tar: image ## Save the image as a tarball for air-gapped clusters
+image-tar: image ## One OCI archive with both platforms for air-gapped clusters (ctr, podman, docker load)
 	scripts/image.sh tar $(IMAGE) $(TARBALL)
 
-image-check: ## Build binary, image and tarball; run --version in the image; check the tarball
+image-check: ## Build binaries, index and tarball; run each platform's binary from it (arm64 under qemu); ctr import
 	IMAGE=$(IMAGE) TARBALL=$(TARBALL) scripts/image-check.sh
 
 docker-build: image ## Build the image (the name the README uses; same as image)
 
-docker-push: image ## Push the image; set REGISTRY=your-registry.io/your-org
+docker-push: image ## Push the image index (both platforms); set REGISTRY=your-registry.io/your-org
 	scripts/image.sh push $(IMAGE)
 
 bench: control-plane ## Benchmarks: leader-labeler side by side with a client-go sidecar

@@ -6,8 +6,8 @@
 #   scripts/deps.sh arm64     Rust target aarch64-unknown-linux-musl; Debian
 #                             gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, and qemu-user
 #                             unless qemu-aarch64(-static) is already there
-#   scripts/deps.sh image     an image builder: podman, docker with a daemon, or else
-#                             Debian buildah (daemonless)
+#   scripts/deps.sh image     an image builder that makes an image index: podman, or
+#                             else Debian buildah (daemonless); jq for the tarball
 #   scripts/deps.sh node      the node tests' container runtime: Debian containerd (1.6,
 #                             with ctr) and runc, busybox-static for the local sandbox
 #                             and app image, and buildah to build that image
@@ -52,10 +52,8 @@ case "${1:-}" in
     have qemu-aarch64 || have qemu-aarch64-static || apt_install qemu-user
     ;;
   image)
-    if have podman || { have docker && docker info >/dev/null 2>&1; } || have buildah; then
-      exit 0
-    fi
-    apt_install buildah
+    have jq || apt_install jq
+    have podman || have buildah || apt_install buildah
     ;;
   node)
     if have containerd && have ctr && have runc && [ -x /bin/busybox ] && have buildah; then

@@ -14,6 +14,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::inject::{self, sidecars, ELECTION_LABEL};
 use support::node::{self, container, container_id, container_status, Manifest, Node};
 use support::{Namespace, Observer, LEADER_KEY, PARTICIPANT_KEY};
 
@@ -31,10 +32,20 @@ fn start_pods(
     names: &[&str],
     edit: impl Fn(&mut Value),
 ) -> (Observer, String) {
-    let template = node::template(n.cluster, manifest);
+    start_pods_from(n, ns, &node::template(n.cluster, manifest), names, edit)
+}
+
+/// Like `start_pods`, from a pod template.
+fn start_pods_from(
+    n: &'static Node,
+    ns: &Namespace,
+    template: &Value,
+    names: &[&str],
+    edit: impl Fn(&mut Value),
+) -> (Observer, String) {
     let observer = Observer::start(ns);
     for name in names {
-        let (mut pod, _) = node::render(n, &template, name);
+        let (mut pod, _) = node::render(n, template, name);
         edit(&mut pod);
         node::create(ns, &pod);
     }
@@ -403,6 +414,12 @@ fn native_sidecar_drains_while_the_app_runs_and_stops_last() {
         pod["status"]
     );
     let d = delete_leader(n, &ns, &observer, &leader, follower);
+    assert_native_sidecar_drain(&d);
+}
+
+/// What deploy/native-sidecar.yaml promises for a deleted leader: the handover while the
+/// app runs, both exit 0, nothing restarted, the sidecar stopped after the app.
+fn assert_native_sidecar_drain(d: &Deletion) {
     assert!(
         d.handover_ms < d.app_ms,
         "the handover ({} ms) must happen while the app still runs (it exited at {} ms)",
@@ -590,4 +607,55 @@ fn leader_file_on_an_empty_dir_is_read_by_the_app() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(observer.leader().as_deref(), Some(leader.as_str()));
+}
+
+/// Scenario 8 (issue 20): pods whose template carries only the label
+/// `leader-labeler.io/election: my-app` (deploy/deployment.yaml without its sidecar), the
+/// sidecar added by deploy/inject/'s MutatingAdmissionPolicy, elect a leader under the
+/// kubelet and hand over when the leader is deleted, as a hand-written native sidecar does.
+/// What a loopback node needs goes through the policy's annotations: the API server's
+/// address (with the projected token), and an HTTP port of each pod's own on 127.0.0.1
+/// (hostNetwork pods share ports).
+#[test]
+fn injected_sidecars_elect_and_hand_over_on_deletion() {
+    static POLICIES: std::sync::Once = std::sync::Once::new();
+    let n = Node::shared();
+    let ns = n.namespace("node-inject");
+    POLICIES.call_once(|| inject::apply(n.cluster, &ns.name));
+    let mut template = node::template(n.cluster, Manifest::Deployment);
+    template["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["name"] != "leader-labeler");
+    template["metadata"]["labels"][ELECTION_LABEL] = json!("my-app");
+    let names = ["pod-a", "pod-b"];
+    let (observer, leader) = start_pods_from(n, &ns, &template, &names, |pod| {
+        pod["metadata"]["annotations"] = json!({
+            "leader-labeler.io/server": format!("https://127.0.0.1:{}", n.cluster.port),
+            // With --server the token is the in-cluster one only when named.
+            "leader-labeler.io/token-file": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "leader-labeler.io/http-address": format!("127.0.0.1:{}", node::pod_port()),
+        });
+    });
+    let follower = other(&names, &leader);
+    let pod = ns.get_pod(&leader);
+    assert_eq!(sidecars(&pod), 1, "{:#}", pod["spec"]);
+    let injected = &pod["spec"]["initContainers"][0];
+    assert_eq!(injected["name"], "leader-labeler", "{:#}", pod["spec"]);
+    assert_eq!(
+        injected["image"],
+        n.image.as_str(),
+        "the policy's image is the tarball's"
+    );
+    assert_eq!(
+        pod["status"]["initContainerStatuses"][0]["name"], "leader-labeler",
+        "{:#}",
+        pod["status"]
+    );
+    let d = delete_leader(n, &ns, &observer, &leader, follower);
+    assert_native_sidecar_drain(&d);
+    eprintln!(
+        "scenario 8: injected sidecars: leader {leader}, handover {} ms after the delete, app exited at {} ms, sidecar at {} ms",
+        d.handover_ms, d.app_ms, d.sidecar_ms
+    );
 }

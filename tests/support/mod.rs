@@ -7,6 +7,7 @@ pub mod api;
 pub mod cluster;
 pub mod endpoints;
 pub mod faults;
+pub mod inject;
 pub mod namespace;
 pub mod node;
 pub mod observer;

@@ -262,6 +262,8 @@ impl Node {
                     "k8s.io",
                     "images",
                     "import",
+                    // As the README says: the tarball is an index of two platforms.
+                    "--all-platforms",
                 ])
                 .args(["--snapshotter", "native"])
                 .arg(tar));
@@ -281,6 +283,16 @@ impl Node {
                 "{want} is not in containerd after the import: {listed}"
             );
         }
+        let table = run(Command::new("ctr")
+            .args(["--address", sock.to_str().unwrap(), "-n", "k8s.io"])
+            .args(["images", "ls"]));
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{image} "))
+                    && l.contains("linux/amd64,linux/arm64")),
+            "{image} was imported without both platforms:\n{table}"
+        );
         let exits = Arc::new(Mutex::new(Vec::new()));
         let events = start_events(&dir, &sock, exits.clone());
         push_child("ctr events", events);
