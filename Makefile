@@ -11,7 +11,7 @@ SEED     ?=
 # Missing tools (Rust targets, Debian musl-tools, gcc-aarch64-linux-gnu, qemu-user,
 # buildah) are installed by scripts/deps.sh when a target needs them.
 
-.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-node chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
+.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-node test-traffic chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,13 @@ NODE_LONG := projected_token_rotated_by_the_kubelet_keeps_working
 
 test-node: control-plane ## Every node scenario, the 9-minute token rotation included
 	cargo test --test node -- --test-threads=8
+
+# One node with kube-proxy, CNI pod networking, kube-scheduler and the Deployment
+# controllers, inside a network namespace the test creates; a client sends requests
+# through the Service's ClusterIP during ten rollouts, a scale-down, a deletion, an
+# unready app and a switchover. Results in target/traffic-results.json.
+test-traffic: control-plane ## Real traffic through the Service during rollouts (needs root)
+	cargo test --test traffic -- full
 
 chaos: control-plane ## Seeded chaos run: make chaos DURATION=30m [SEED=n] (make test runs 3 minutes)
 	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) cargo test --test chaos -- --nocapture
