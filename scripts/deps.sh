@@ -14,7 +14,8 @@
 #   scripts/deps.sh traffic   the node's, plus pod networking for the traffic rig: the CNI
 #                             reference plugins (Debian containernetworking-plugins:
 #                             bridge, host-local, loopback, portmap) and iptables for
-#                             kube-proxy and the bridge plugin
+#                             kube-proxy and the bridge plugin, conntrack for the
+#                             rig's counters of dropped connections
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -69,10 +70,10 @@ case "${1:-}" in
     ;;
   traffic)
     "$0" node
-    if [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && have iptables-restore; then
+    if [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && have iptables-restore && have conntrack; then
       exit 0
     fi
-    apt_install containernetworking-plugins iptables
+    apt_install containernetworking-plugins iptables conntrack
     ;;
   *)
     echo "usage: $0 musl|arm64|image|node|traffic" >&2

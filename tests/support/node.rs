@@ -866,10 +866,12 @@ fn teardown(r: Running) {
         }
     }
     // libcni caches each pod's result in /var/lib/cni/results (not configurable in
-    // containerd 1.6): this run's network only.
+    // containerd 1.6), for the pod network and containerd's loopback alike: this run's
+    // are those naming a network namespace under `dir`.
     if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
+        let needle = dir.to_string_lossy().into_owned();
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(CNI_NETWORK) {
+            if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&needle)) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
