@@ -11,7 +11,7 @@ SEED     ?=
 # Missing tools (Rust targets, Debian musl-tools, gcc-aarch64-linux-gnu, qemu-user,
 # buildah, jq, containerd) are installed by scripts/deps.sh when a target needs them.
 
-.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-inject test-node check-model chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
+.PHONY: help build static static-arm64 control-plane test test-unit test-e2e test-inject test-node test-traffic check-model chaos demo image image-tar image-check docker-build docker-push bench fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,13 @@ check-model: ## Exhaustive check of the real decision core: 3 sidecars, 2 faults
 	MODEL_SIDECARS=3 MODEL_FAULTS=2 MODEL_FAULTS_ANYWHERE=0 MODEL_FAULTS_UNTIL=4 MODEL_THREADS=2 \
 		cargo test --profile model --lib core::model::every_interleaving -- --nocapture
 
+# One node with kube-proxy, CNI pod networking, kube-scheduler and the Deployment
+# controllers, inside a network namespace the test creates; a client sends requests
+# through the Service's ClusterIP during ten rollouts, a scale-down, a deletion, an
+# unready app and a switchover. Results in target/traffic-results.json.
+test-traffic: control-plane ## Real traffic through the Service during rollouts (needs root)
+	cargo test --test traffic -- full
+
 chaos: control-plane ## Seeded chaos run: make chaos DURATION=30m [SEED=n] (make test runs 3 minutes)
 	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) cargo test --test chaos -- --nocapture
 
@@ -86,9 +93,10 @@ bench: control-plane ## Benchmarks: leader-labeler side by side with a client-go
 fmt: ## Format the code
 	cargo fmt --all
 
+# --all-targets leaves out the test = false targets (node, traffic): named here.
 lint: ## rustfmt check and clippy with warnings as errors
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --test node --test traffic -- -D warnings
 
 clean: ## Remove build output
 	cargo clean

@@ -11,6 +11,11 @@
 #   scripts/deps.sh node      the node tests' container runtime: Debian containerd (1.6,
 #                             with ctr) and runc, busybox-static for the local sandbox
 #                             and app image, and buildah to build that image
+#   scripts/deps.sh traffic   the node's, plus pod networking for the traffic rig: the CNI
+#                             reference plugins (Debian containernetworking-plugins:
+#                             bridge, host-local, loopback, portmap) and iptables for
+#                             kube-proxy and the bridge plugin, conntrack for the
+#                             rig's counters of dropped connections
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -61,8 +66,15 @@ case "${1:-}" in
     fi
     apt_install containerd runc busybox-static buildah
     ;;
+  traffic)
+    "$0" node
+    if [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && have iptables-restore && have conntrack; then
+      exit 0
+    fi
+    apt_install containernetworking-plugins iptables conntrack
+    ;;
   *)
-    echo "usage: $0 musl|arm64|image|node" >&2
+    echo "usage: $0 musl|arm64|image|node|traffic" >&2
     exit 2
     ;;
 esac

@@ -42,6 +42,12 @@ pub struct ClusterOptions {
     /// `controller_manager`). `root-ca-cert-publisher` also passes `--root-ca-file=ca.crt`,
     /// so the `kube-root-ca.crt` ConfigMap it publishes holds the test CA.
     pub extra_controllers: Vec<&'static str>,
+    /// A node with pod networking (tests/traffic.rs, inside a network namespace of its
+    /// own): kube-apiserver listens on every address of that namespace and advertises this
+    /// one, the `kubernetes` Service's endpoint that pods reach through kube-proxy; its
+    /// certificate also names that address and the Service's ClusterIP (10.0.0.1). No
+    /// stand-in Node: the real kubelet's is the only one the scheduler may pick.
+    pub node_ip: Option<&'static str>,
 }
 
 /// The node name every test pod carries.
@@ -57,7 +63,8 @@ pub struct Cluster {
     pub port: u16,
     /// Admin client (system:masters).
     pub api: Api,
-    bin: PathBuf,
+    /// The folder of the control-plane binaries (tests/control-plane/build.sh).
+    pub bin: PathBuf,
     etcd: Mutex<Child>,
     apiserver: Mutex<Child>,
     apiserver_args: Vec<String>,
@@ -141,7 +148,7 @@ fn workdir() -> PathBuf {
     dir
 }
 
-fn write_pki(dir: &Path) {
+fn write_pki(dir: &Path, node_ip: Option<&str>) {
     openssl(
         dir,
         &[
@@ -175,9 +182,13 @@ fn write_pki(dir: &Path) {
             "/CN=kube-apiserver",
         ],
     );
+    let sans = match node_ip {
+        Some(ip) => format!("IP:127.0.0.1,IP:{ip},IP:10.0.0.1"),
+        None => "IP:127.0.0.1".into(),
+    };
     std::fs::write(
         dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     openssl(
@@ -225,7 +236,7 @@ impl Cluster {
     pub fn start(opts: ClusterOptions) -> Cluster {
         let bin = control_plane_bin();
         let dir = workdir();
-        write_pki(&dir);
+        write_pki(&dir, opts.node_ip);
         let etcd_port = free_port();
         let peer_port = free_port();
         let port = free_port();
@@ -247,8 +258,6 @@ impl Cluster {
         let mut args = vec![
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
             format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
             format!("--cert-dir={}", d("certs")),
             format!("--tls-cert-file={}", d("server.crt")),
             format!("--tls-private-key-file={}", d("server.key")),
@@ -268,9 +277,20 @@ impl Cluster {
             format!("--audit-policy-file={}", d("audit.yaml")),
             format!("--audit-log-path={}", d("audit.log")),
             "--audit-log-mode=blocking".into(),
-            "--endpoint-reconciler-type=none".into(),
             "--v=0".into(),
         ];
+        match opts.node_ip {
+            // The default (lease) reconciler keeps the `kubernetes` Service's endpoint.
+            Some(ip) => args.extend([
+                "--bind-address=0.0.0.0".into(),
+                format!("--advertise-address={ip}"),
+            ]),
+            None => args.extend([
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                "--endpoint-reconciler-type=none".into(),
+            ]),
+        }
         if let Some(t) = opts.min_request_timeout {
             args.push(format!("--min-request-timeout={t}"));
         }
@@ -306,7 +326,7 @@ impl Cluster {
         };
         c.wait_ready();
         if opts.controller_manager {
-            c.start_controller_manager(&opts.extra_controllers);
+            c.start_controller_manager(&opts.extra_controllers, opts.node_ip.is_none());
         }
         c
     }
@@ -325,7 +345,7 @@ impl Cluster {
     /// kube-controller-manager with only the controllers the Service proof needs:
     /// endpointslice, plus serviceaccount (creates each namespace's default account).
     /// Nothing that evicts or taints.
-    fn start_controller_manager(&mut self, extra: &[&str]) {
+    fn start_controller_manager(&mut self, extra: &[&str], stand_in_node: bool) {
         let kcm = self.bin.join("kube-controller-manager");
         assert!(
             kcm.exists(),
@@ -355,10 +375,12 @@ impl Cluster {
             Command::new(kcm).args(&args),
         );
         self.controller_manager = Some(Mutex::new(child));
-        self.api.post(
+        if stand_in_node {
+            self.api.post(
             "/api/v1/nodes",
-            &serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}),
-        );
+                &serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}),
+            );
+        }
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -514,7 +536,7 @@ impl Drop for Cluster {
     }
 }
 
-fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> Child {
+pub fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

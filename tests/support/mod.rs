@@ -14,6 +14,7 @@ pub mod observer;
 pub mod process;
 pub mod proxy;
 pub mod sidecar;
+pub mod traffic;
 
 #[allow(unused_imports)]
 pub use cluster::{Cluster, ClusterOptions};

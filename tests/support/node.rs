@@ -85,6 +85,8 @@ fn host_folders() -> Vec<PathBuf> {
         "/run/containerd/fifo",
         "/run/containerd",
         "/var/log/containers",
+        "/var/lib/cni/results",
+        "/var/lib/cni",
     ]
     .iter()
     .map(PathBuf::from)
@@ -134,7 +136,8 @@ fn script(path: &str, args: &[&str], env: &[(&str, &str)], why: &str) -> String 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn run(cmd: &mut Command) -> String {
+/// Runs a command; panics with its output unless it exits 0. Returns stdout.
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -161,58 +164,34 @@ pub fn node_cluster() -> &'static Cluster {
     })
 }
 
-impl Node {
-    /// The node of this test binary, started on first use. If the start failed, every
-    /// caller panics with that failure.
-    pub fn shared() -> &'static Node {
-        static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
-        let r = NODE.get_or_init(|| {
-            std::panic::catch_unwind(|| Node::start(node_cluster())).map_err(|e| {
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into())
-            })
-        });
-        match r {
-            Ok(n) => n,
-            Err(e) => panic!("the node could not start: {e}"),
-        }
-    }
+/// What must be ready before the node starts, done by scripts that may need the network
+/// on a fresh machine (Debian packages, the Go module proxy, a Rust target): the traffic
+/// rig runs them before it enters its network namespace.
+#[derive(Clone)]
+pub struct Prepared {
+    /// The folder with the kubelet (and whatever else was asked for).
+    pub bin: PathBuf,
+    /// The leader-labeler image as the tarball names it.
+    pub image: String,
+    pub tarball: PathBuf,
+}
 
-    fn start(cluster: &'static Cluster) -> Node {
-        let t0 = Instant::now();
-        // SAFETY: registering a plain extern "C" fn.
-        unsafe {
-            libc::atexit(stop_at_exit);
-        }
-        let root = std::env::temp_dir().join("leader-labeler-node");
-        std::fs::create_dir_all(&root).unwrap();
-        sweep_stale(&root);
-        let dir = root.join(std::process::id().to_string());
-        if dir.exists() {
-            teardown(Running {
-                dir: dir.clone(),
-                sock: dir.join("containerd.sock"),
-                children: vec![],
-                created: vec![],
-            });
-        }
-        std::fs::create_dir_all(&dir).unwrap();
-        let created: Vec<PathBuf> = host_folders().into_iter().filter(|p| !p.exists()).collect();
-
+impl Prepared {
+    /// `scripts/deps.sh <deps>`, `build-kubelet.sh <binaries>`, and scripts/image-check.sh
+    /// (static binary, image, the air-gap tarball).
+    pub fn new(deps: &str, binaries: &[&str]) -> Prepared {
         script(
             "scripts/deps.sh",
-            &["node"],
+            &[deps],
             &[],
             "containerd, runc, busybox-static and buildah are needed",
         );
         let bin = PathBuf::from(
             script(
                 "tests/control-plane/build-kubelet.sh",
+                binaries,
                 &[],
-                &[],
-                "the kubelet could not be built",
+                "the node's binaries could not be built",
             )
             .lines()
             .last()
@@ -241,6 +220,90 @@ impl Node {
             ],
             "the image tarball could not be built",
         );
+        Prepared {
+            bin,
+            image,
+            tarball,
+        }
+    }
+}
+
+/// Pod networking for the node: the CNI bridge and host-local plugins of Debian's
+/// containernetworking-plugins. Only inside a network namespace the test created.
+#[derive(Clone, Debug)]
+pub struct PodNetwork {
+    /// The kubelet's --node-ip (an address of the test's namespace).
+    pub node_ip: &'static str,
+    /// host-local's range; the bridge takes its first address as the pods' gateway.
+    pub pod_cidr: &'static str,
+    pub bridge: &'static str,
+}
+
+/// The CNI network's name (also the prefix of libcni's cache files in /var/lib/cni).
+pub const CNI_NETWORK: &str = "leader-labeler-pods";
+
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// None: hostNetwork pods only (the node suite).
+    pub network: Option<PodNetwork>,
+    /// More image tarballs to import.
+    pub images: Vec<PathBuf>,
+}
+
+impl Node {
+    /// The node of this test binary, started on first use. If the start failed, every
+    /// caller panics with that failure.
+    pub fn shared() -> &'static Node {
+        static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
+        let r = NODE.get_or_init(|| {
+            std::panic::catch_unwind(|| Node::start(node_cluster())).map_err(|e| {
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into())
+            })
+        });
+        match r {
+            Ok(n) => n,
+            Err(e) => panic!("the node could not start: {e}"),
+        }
+    }
+
+    fn start(cluster: &'static Cluster) -> Node {
+        Node::launch(
+            cluster,
+            &Prepared::new("node", &["kubelet"]),
+            NodeOptions::default(),
+        )
+    }
+
+    /// Starts containerd and the kubelet (see [`Prepared`] for what must come first) and
+    /// waits until the Node is registered.
+    pub fn launch(cluster: &'static Cluster, prepared: &Prepared, opts: NodeOptions) -> Node {
+        let t0 = Instant::now();
+        // SAFETY: registering a plain extern "C" fn.
+        unsafe {
+            libc::atexit(stop_at_exit);
+        }
+        let root = std::env::temp_dir().join("leader-labeler-node");
+        std::fs::create_dir_all(&root).unwrap();
+        sweep_stale(&root);
+        let dir = root.join(std::process::id().to_string());
+        if dir.exists() {
+            teardown(Running {
+                dir: dir.clone(),
+                sock: dir.join("containerd.sock"),
+                children: vec![],
+                created: vec![],
+            });
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let created: Vec<PathBuf> = host_folders().into_iter().filter(|p| !p.exists()).collect();
+        let Prepared {
+            bin,
+            image,
+            tarball,
+        } = prepared.clone();
         let busybox_tar = build_busybox_image(&dir);
 
         let sock = dir.join("containerd.sock");
@@ -250,10 +313,10 @@ impl Node {
             children: vec![],
             created,
         });
-        let containerd = start_containerd(&dir, &sock);
+        let containerd = start_containerd(&dir, &sock, opts.network.as_ref());
         let containerd_pid = containerd.id();
         push_child("containerd", containerd);
-        for tar in [&tarball, &busybox_tar] {
+        for tar in [&tarball, &busybox_tar].into_iter().chain(&opts.images) {
             run(Command::new("ctr")
                 .args([
                     "--address",
@@ -299,7 +362,19 @@ impl Node {
 
         let kubelet_root = dir.join("kubelet");
         let kubelet_port = pod_port();
-        let kubelet = start_kubelet(cluster, &bin, &dir, &sock, &kubelet_root, kubelet_port);
+        let node_ip = match &opts.network {
+            Some(n) => n.node_ip.to_string(),
+            None => node_ip(),
+        };
+        let kubelet = start_kubelet(
+            cluster,
+            &bin,
+            &dir,
+            &sock,
+            &kubelet_root,
+            kubelet_port,
+            &node_ip,
+        );
         let kubelet_pid = kubelet.id();
         push_child("kubelet", kubelet);
         wait_registered(cluster, &dir, kubelet_pid);
@@ -472,39 +547,40 @@ fn push_child(name: &'static str, child: Child) {
 /// linked into /bin, a world-writable /tmp, user 65532 (the manifests' runAsNonRoot).
 fn build_busybox_image(dir: &Path) -> PathBuf {
     let ctx = dir.join("busybox-image");
-    std::fs::create_dir_all(&ctx).unwrap();
+    let tar = dir.join("busybox.tar");
+    build_image(
+        &ctx,
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN [\"/bin/busybox\", \"mkdir\", \"-m\", \"1777\", \"/tmp\"]\nUSER 65532:65532\nCMD [\"sleep\", \"2147483647\"]\n",
+        BUSYBOX,
+        &tar,
+    );
+    tar
+}
+
+/// Builds `containerfile` in `ctx` (which gets Debian's static busybox as `busybox`) with
+/// buildah (vfs, chroot isolation: no daemon) as `tag`, written to `tar` as a
+/// docker-archive for `ctr images import`.
+pub fn build_image(ctx: &Path, containerfile: &str, tag: &str, tar: &Path) {
+    std::fs::create_dir_all(ctx).unwrap();
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("busybox-static (scripts/deps.sh node installs it)");
     std::fs::copy(busybox, ctx.join("busybox")).unwrap();
-    std::fs::write(
-        ctx.join("Containerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN [\"/bin/busybox\", \"mkdir\", \"-m\", \"1777\", \"/tmp\"]\nUSER 65532:65532\nCMD [\"sleep\", \"2147483647\"]\n",
-    )
-    .unwrap();
+    std::fs::write(ctx.join("Containerfile"), containerfile).unwrap();
     let buildah = || {
         let mut c = Command::new("buildah");
         c.args(["--storage-driver", "vfs"]);
         c
     };
     run(buildah()
-        .args([
-            "bud",
-            "--isolation",
-            "chroot",
-            "--quiet",
-            "-t",
-            BUSYBOX,
-            "-f",
-        ])
+        .args(["bud", "--isolation", "chroot", "--quiet", "-t", tag, "-f"])
         .arg(ctx.join("Containerfile"))
-        .arg(&ctx));
-    let tar = dir.join("busybox.tar");
+        .arg(ctx));
+    let _ = std::fs::remove_file(tar);
     run(buildah()
-        .args(["push", "--quiet", BUSYBOX])
-        .arg(format!("docker-archive:{}:{BUSYBOX}", tar.display())));
-    tar
+        .args(["push", "--quiet", tag])
+        .arg(format!("docker-archive:{}:{tag}", tar.display())));
 }
 
 fn logged(dir: &Path, name: &str) -> (Stdio, Stdio) {
@@ -516,12 +592,20 @@ fn logged(dir: &Path, name: &str) -> (Stdio, Stdio) {
     (log.try_clone().unwrap().into(), log.into())
 }
 
-fn start_containerd(dir: &Path, sock: &Path) -> Child {
+fn start_containerd(dir: &Path, sock: &Path, network: Option<&PodNetwork>) -> Child {
     let d = dir.join("containerd");
     let config = dir.join("containerd.toml");
+    let cni_bin = match network {
+        Some(n) => {
+            write_cni_config(dir, n);
+            "/usr/lib/cni".to_string()
+        }
+        None => format!("{}/cni/bin", d.display()),
+    };
     // restrict_oom_score_adj: the kubelet asks for -998 and this VM lacks
     // CAP_SYS_RESOURCE (runc: "can't get final child's PID from pipe: EOF").
-    // Every path under `dir`: opt, CNI (unused by hostNetwork pods), runc's state.
+    // Every path under `dir`: opt, CNI's configuration, runc's state, the pods' network
+    // namespaces (netns_mounts_under_state_dir; else /run/netns).
     std::fs::write(
         &config,
         format!(
@@ -535,9 +619,10 @@ state = "{d}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{BUSYBOX}"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     conf_dir = "{d}/cni/conf"
-    bin_dir = "{d}/cni/bin"
+    bin_dir = "{cni_bin}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "native"
     default_runtime_name = "runc"
@@ -582,6 +667,32 @@ state = "{d}/state"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The pods' network: a bridge in the node's namespace, addresses from host-local (its
+/// state under `dir`, not /var/lib/cni/networks). No masquerading: nothing leaves the
+/// test's namespace.
+fn write_cni_config(dir: &Path, n: &PodNetwork) {
+    let conf = dir.join("containerd/cni/conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let list = json!({
+        "cniVersion": "0.4.0",
+        "name": CNI_NETWORK,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": n.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": n.pod_cidr}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": dir.join("cni-ipam").display().to_string(),
+            },
+        }],
+    });
+    std::fs::write(conf.join("10-pods.conflist"), list.to_string()).unwrap();
 }
 
 /// `ctr events`: every /tasks/exit of a container's main process, with its status.
@@ -657,6 +768,7 @@ fn start_kubelet(
     sock: &Path,
     root: &Path,
     port: u16,
+    node_ip: &str,
 ) -> Child {
     let config = dir.join("kubelet.yaml");
     let healthz = pod_port();
@@ -702,7 +814,7 @@ evictionHard: {{memory.available: "50Mi"}}
         .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
         .arg(format!("--root-dir={}", root.display()))
         .arg(format!("--hostname-override={NODE_NAME}"))
-        .arg(format!("--node-ip={}", node_ip()))
+        .arg(format!("--node-ip={node_ip}"))
         .arg("--v=2")
         .stdin(Stdio::null())
         .stdout(out)
@@ -761,6 +873,17 @@ fn teardown(r: Running) {
     if let Ok(entries) = std::fs::read_dir("/var/log/containers") {
         for e in entries.flatten() {
             if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&dir)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    // libcni caches each pod's result in /var/lib/cni/results (not configurable in
+    // containerd 1.6), for the pod network and containerd's loopback alike: this run's
+    // are those naming a network namespace under `dir`.
+    if let Ok(entries) = std::fs::read_dir("/var/lib/cni/results") {
+        let needle = dir.to_string_lossy().into_owned();
+        for e in entries.flatten() {
+            if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&needle)) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
