@@ -179,3 +179,33 @@ fn a_release_that_conflicts_with_a_late_renewal_is_decided_again() {
         w.lease.as_ref().map(|l| &l.record)
     );
 }
+
+/// Checker trace (2 sidecars, faults: the leader's sidecar crashes and restarts, its
+/// first Lease write (the resume) gets a 429 with Retry-After past the lease; 15 steps):
+/// the new process is no leader yet, so it honours Retry-After, and the follower takes
+/// the Lease when it runs out. The same path 2, without an outage.
+#[test]
+#[ignore = "issue 17 path 2: a restarted holder honours a Retry-After past the lease"]
+fn a_restarted_holder_resumes_whatever_retry_after_says() {
+    let mut w = leader_and_follower();
+    w.at(1000);
+    w.core = Core::new(settings(), crate::backoff::Jitter::new(9));
+    w.fail_next_of(
+        1,
+        Calls::LeaseWrites,
+        KubeError::Busy {
+            code: 429,
+            message: "too many requests".into(),
+            retry_after: Duration::from_secs(30),
+        },
+    );
+    w.boot();
+    w.run();
+    assert!(matches!(w.fail, Some((0, _))), "the resume got the 429");
+    run_until(&mut w, 1250, 1000 + 2 * 2000);
+    assert!(
+        w.core.is_leader(),
+        "two retry periods after the 429: role {:?}",
+        w.core.role()
+    );
+}
