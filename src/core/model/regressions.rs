@@ -16,6 +16,32 @@ fn run_until(w: &mut World, from_ms: u64, until_ms: u64) {
     }
 }
 
+/// Two retry periods (2 s each) after `from_ms`, the release for pod-a is out, or this pod
+/// leads again: the handover did not stall.
+fn assert_handed_over_or_leading(w: &mut World, from_ms: u64, after: &str) {
+    run_until(w, from_ms + 250, from_ms + 2 * 2000);
+    let released = w.lease.as_ref().unwrap().record.handover_to == "pod-a";
+    assert!(
+        released || w.core.is_leader(),
+        "two retry periods after {after}: role {:?}, Lease {:?}",
+        w.core.role(),
+        w.lease.as_ref().map(|l| &l.record)
+    );
+}
+
+/// The next Lease write gets a 429 asking for 30 s (the most honoured).
+fn busy_next_lease_write(w: &mut World) {
+    w.fail_next_of(
+        1,
+        Calls::LeaseWrites,
+        KubeError::Busy {
+            code: 429,
+            message: "too many requests".into(),
+            retry_after: Duration::from_secs(30),
+        },
+    );
+}
+
 /// Leader pod-b (the core) with a ready follower pod-a.
 fn leader_and_follower() -> World {
     let mut w = World::leading();
@@ -50,16 +76,7 @@ fn a_failed_release_is_sent_again_or_leadership_resumed_within_two_retries() {
         w.core.role()
     );
     assert_eq!(w.lease.as_ref().unwrap().record.holder, ME, "refused");
-    // Two retry periods later the release is out (pod-a may take it), or this pod leads
-    // again.
-    run_until(&mut w, 1250, 5000);
-    let released = w.lease.as_ref().unwrap().record.handover_to == "pod-a";
-    assert!(
-        released || w.core.is_leader(),
-        "4 s after the refusal: role {:?}, Lease {:?}",
-        w.core.role(),
-        w.lease.as_ref().map(|l| &l.record)
-    );
+    assert_handed_over_or_leading(&mut w, 1000, "the 503");
 }
 
 /// Checker trace (2 sidecars, faults: pod-b's sidecar dies for good, SIGTERM to the
@@ -120,15 +137,7 @@ fn the_holder_resumes_after_an_outage_whatever_retry_after_says() {
     w.fail = None;
     w.feed(Observation::LeaseContact(Contact::Restored));
     w.feed(Observation::Lease(w.lease.clone()));
-    w.fail_next_of(
-        1,
-        Calls::LeaseWrites,
-        KubeError::Busy {
-            code: 429,
-            message: "too many requests".into(),
-            retry_after: Duration::from_secs(30),
-        },
-    );
+    busy_next_lease_write(&mut w);
     let mut answered = None;
     for ms in (12_000..20_000).step_by(250) {
         w.at(ms);
@@ -170,14 +179,7 @@ fn a_release_that_conflicts_with_a_late_renewal_is_decided_again() {
         "the release was decided and refused: {:?}",
         w.core.role()
     );
-    run_until(&mut w, 3250, 3000 + 2 * 2000);
-    let released = w.lease.as_ref().unwrap().record.handover_to == "pod-a";
-    assert!(
-        released || w.core.is_leader(),
-        "two retry periods after the 409: role {:?}, Lease {:?}",
-        w.core.role(),
-        w.lease.as_ref().map(|l| &l.record)
-    );
+    assert_handed_over_or_leading(&mut w, 3000, "the 409");
 }
 
 /// Checker trace (2 sidecars, faults: the leader's sidecar crashes and restarts, its
@@ -190,15 +192,7 @@ fn a_restarted_holder_resumes_whatever_retry_after_says() {
     let mut w = leader_and_follower();
     w.at(1000);
     w.core = Core::new(settings(), crate::backoff::Jitter::new(9));
-    w.fail_next_of(
-        1,
-        Calls::LeaseWrites,
-        KubeError::Busy {
-            code: 429,
-            message: "too many requests".into(),
-            retry_after: Duration::from_secs(30),
-        },
-    );
+    busy_next_lease_write(&mut w);
     w.boot();
     w.run();
     assert!(matches!(w.fail, Some((0, _))), "the resume got the 429");
