@@ -833,6 +833,10 @@ impl Cluster {
             Fault::Crash => {
                 Self::disturb(net, &[i], t);
                 Self::stop(net, i);
+                if net.server.pods.get(name).is_some_and(|p| p.deleting) {
+                    // The kubelet restarts no container of a pod that is terminating.
+                    return format!("{name}'s sidecar crashes (its pod is terminating)");
+                }
                 self.boot(net, i);
                 format!("{name}'s sidecar crashes and restarts")
             }
