@@ -13,6 +13,11 @@
 //!   or a fault's deadline; only when nothing is left to do now (calls take no time);
 //! - up to `Bound::faults` faults (see [`Fault`]).
 //!
+//! Reductions, so that three sidecars fit: an answer that comes at once is taken in the
+//! same step as its call (it changes only that core); a sidecar with nothing to do takes
+//! in its queued stream events before anything else happens, so streams have no lag of
+//! their own: a stream that lags is the `HoldLease`/`HoldPods` fault, which counts.
+//!
 //! Time is discrete, so every state is one of finitely many up to the horizon; states are
 //! deduplicated by a hash of their `Debug` rendering (every `Instant` in it counts from
 //! the same start, so equal renderings are equal states).
@@ -391,7 +396,7 @@ pub struct Car {
 #[derive(Debug, Clone)]
 pub struct Net {
     pub now: Duration,
-    pub server: Server,
+    pub server: Cached<Server>,
     pub cars: Vec<Car>,
     held: Vec<HeldWrite>,
     faults: u32,
@@ -830,6 +835,10 @@ impl Cluster {
             Fault::Crash => {
                 Self::disturb(net, &[i], t);
                 Self::stop(net, i);
+                if net.server.pods.get(name).is_some_and(|p| p.deleting) {
+                    // The kubelet restarts no container of a pod that is terminating.
+                    return format!("{name}'s sidecar crashes (its pod is terminating)");
+                }
                 self.boot(net, i);
                 format!("{name}'s sidecar crashes and restarts")
             }
@@ -1195,7 +1204,7 @@ impl Model for Cluster {
             .collect();
         let net = Net {
             now: Duration::ZERO,
-            server,
+            server: Cached::new(server),
             cars,
             held: vec![],
             faults: 0,
@@ -1237,9 +1246,10 @@ impl Model for Cluster {
         if net.broken.is_some() {
             return;
         }
-        // A sidecar with nothing to do but take in stream events: its deliveries commute
-        // with every other sidecar's steps (those touch the server and append to its
-        // streams), so only they are explored here; the rest follows from the next state.
+        // A sidecar with nothing to do takes in its stream events first: they commute with
+        // every other sidecar's steps (those touch the server and append to its streams).
+        // Not with the events those steps add to its other stream, so the order of its two
+        // streams is fixed here: their lag is a fault (HoldLease, HoldPods).
         for (i, car) in net.cars.iter().enumerate() {
             if car.core.is_none() || car.call.is_some() || car.wants.is_some() {
                 continue;

@@ -14,6 +14,32 @@ fn run_until(w: &mut World, from_ms: u64, until_ms: u64) {
     }
 }
 
+/// Two retry periods (2 s each) after `from_ms`, the release for pod-a is out, or this pod
+/// leads again: the handover did not stall.
+fn assert_handed_over_or_leading(w: &mut World, from_ms: u64, after: &str) {
+    run_until(w, from_ms + 250, from_ms + 2 * 2000);
+    let released = w.lease.as_ref().unwrap().record.handover_to == "pod-a";
+    assert!(
+        released || w.core.is_leader(),
+        "two retry periods after {after}: role {:?}, Lease {:?}",
+        w.core.role(),
+        w.lease.as_ref().map(|l| &l.record)
+    );
+}
+
+/// The next Lease write gets a 429 asking for 30 s (the most honoured).
+fn busy_next_lease_write(w: &mut World) {
+    w.fail_next_of(
+        1,
+        Calls::LeaseWrites,
+        KubeError::Busy {
+            code: 429,
+            message: "too many requests".into(),
+            retry_after: Duration::from_secs(30),
+        },
+    );
+}
+
 /// Leader pod-b (the core) with a ready follower pod-a.
 fn leader_and_follower() -> World {
     let mut w = World::leading();
@@ -47,16 +73,7 @@ fn a_failed_release_is_sent_again_or_leadership_resumed_within_two_retries() {
         w.core.role()
     );
     assert_eq!(w.lease.as_ref().unwrap().record.holder, ME, "refused");
-    // Two retry periods later the release is out (pod-a may take it), or this pod leads
-    // again.
-    run_until(&mut w, 1250, 5000);
-    let released = w.lease.as_ref().unwrap().record.handover_to == "pod-a";
-    assert!(
-        released || w.core.is_leader(),
-        "4 s after the refusal: role {:?}, Lease {:?}",
-        w.core.role(),
-        w.lease.as_ref().map(|l| &l.record)
-    );
+    assert_handed_over_or_leading(&mut w, 1000, "the 503");
 }
 
 /// Checker trace (2 sidecars, faults: pod-b's sidecar dies for good, SIGTERM to the
@@ -121,15 +138,7 @@ fn the_holder_resumes_after_an_outage_whatever_retry_after_says() {
     w.fail = None;
     w.feed(Observation::LeaseContact(Contact::Restored));
     w.feed(Observation::Lease(w.lease.clone()));
-    w.fail_next_of(
-        1,
-        Calls::LeaseWrites,
-        KubeError::Busy {
-            code: 429,
-            message: "too many requests".into(),
-            retry_after: Duration::from_secs(30),
-        },
-    );
+    busy_next_lease_write(&mut w);
     let mut answered = None;
     for ms in (12_000..20_000).step_by(250) {
         w.at(ms);
@@ -170,12 +179,55 @@ fn a_release_that_conflicts_with_a_late_renewal_is_decided_again() {
         "the release was decided and refused: {:?}",
         w.core.role()
     );
-    run_until(&mut w, 3250, 3000 + 2 * 2000);
-    let released = w.lease.as_ref().unwrap().record.handover_to == "pod-a";
+    assert_handed_over_or_leading(&mut w, 3000, "the 409");
+}
+
+/// Checker trace (2 sidecars, faults: the leader's sidecar crashes and restarts, its
+/// first Lease write (the resume) gets a 429 with Retry-After past the lease; 15 steps):
+/// the new process is no leader yet, so it honours Retry-After, and the follower takes
+/// the Lease when it runs out. The same path 2, without an outage.
+#[test]
+#[ignore = "issue 17 path 2: a restarted holder honours a Retry-After past the lease"]
+fn a_restarted_holder_resumes_whatever_retry_after_says() {
+    let mut w = leader_and_follower();
+    w.at(1000);
+    w.core = Core::new(settings(), crate::backoff::Jitter::new(9));
+    busy_next_lease_write(&mut w);
+    w.boot();
+    w.run();
+    assert!(matches!(w.fail, Some((0, _))), "the resume got the 429");
+    run_until(&mut w, 1250, 1000 + 2 * 2000);
     assert!(
-        released || w.core.is_leader(),
-        "two retry periods after the 409: role {:?}, Lease {:?}",
-        w.core.role(),
-        w.lease.as_ref().map(|l| &l.record)
+        w.core.is_leader(),
+        "two retry periods after the 429: role {:?}",
+        w.core.role()
+    );
+}
+
+/// Checker trace (3 sidecars, faults: pod-c's sidecar dies for good, the leader pod-a
+/// turns unready; 21 steps): pod-a hands over to pod-c, which looks like a ready
+/// participant (its pod is Ready and labeled) but has no sidecar; pod-b leaves the Lease
+/// to pod-c for a whole lease duration, so the planned handover takes a lease instead of
+/// two retry periods. Issue 17 paths 5 and 6: the courtesy wait needs a designee known to
+/// be alive.
+#[test]
+#[ignore = "issue 17 paths 5/6: the courtesy wait for a designee whose sidecar is dead"]
+fn a_follower_takes_a_release_its_designee_does_not_claim_within_two_retries() {
+    let mut w = World::following("pod-a", 0);
+    w.join("pod-c");
+    w.run();
+    w.at(1000);
+    w.set_lease_silently("", 0);
+    let lease = w.lease.as_mut().unwrap();
+    lease.record.duration_seconds = 1;
+    lease.record.handover_to = "pod-c".into();
+    w.lease_event();
+    w.run();
+    assert!(!w.core.is_leader(), "left to pod-c at first");
+    run_until(&mut w, 1250, 1000 + 2 * 2000);
+    assert!(
+        w.core.is_leader(),
+        "two retry periods after a release pod-c never claimed: role {:?}",
+        w.core.role()
     );
 }
