@@ -172,11 +172,17 @@ impl Core {
             (Role::HandingOver { .. }, LeaseView::Present(o)) if o.holder() == self.settings.me => {
                 self.own_lease(o, now, must_leave)
             }
-            // Our release's designee let its courtesy wait pass: free it for the next.
+            // Our release's designee let its courtesy wait pass: take the Lease back if we
+            // may lead, else free it for the next pod (see `handover`).
             (Role::HandingOver { .. }, LeaseView::Present(o)) if self.passed_over(o, now.mono) => {
                 let to = o.lease.record.handover_to.clone();
                 if self.declined.insert(to.clone()) {
-                    log::warn!("{to} did not take the Lease released for it (is its sidecar running?); releasing it for another pod");
+                    log::warn!(
+                        "{to} did not take the Lease released for it (is its sidecar running?)"
+                    );
+                }
+                if self.may_compete() {
+                    return Some(self.claim(o, now));
                 }
                 let next = self
                     .successor()
@@ -365,7 +371,7 @@ impl Core {
                         times.push(o.expires_at());
                     }
                     if o.holder().is_empty() && !o.lease.record.handover_to.is_empty() {
-                        times.push(o.observed_at + self.settings.lease_duration);
+                        times.push(o.observed_at + self.courtesy());
                     }
                 }
             }

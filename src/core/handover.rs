@@ -20,10 +20,11 @@
 //!    and has not let a Lease released for it pass since it last joined (`declined`; a
 //!    hung sidecar cannot take the Lease). A new leader fences before any of these.
 //!
-//! Followers leave a release that names a pod to that pod for a lease duration, but only
+//! Followers leave a release that names a pod to that pod for a retry period, but only
 //! while it is a ready participant that may lead and has not declined one before. A
-//! releaser that sees its designee let the wait pass (a hung sidecar looks ready) frees
-//! the Lease for the next pod, or for anyone, so a pod that starts later takes it at once.
+//! releaser that sees its designee let the wait pass (a hung sidecar looks ready) takes
+//! the Lease back if it may lead, and otherwise frees it for the next pod, or for anyone,
+//! so a pod that starts later takes it at once.
 //!
 //! A release the server refuses for sure (409: the Lease changed since we read it; 429:
 //! not even looked at) changed nothing: the leader leads on as before and decides again
@@ -114,14 +115,22 @@ impl Core {
         self.failback_at(self.successor()?)
     }
 
+    /// How long a release that names a pod is left to it: one retry period. A live
+    /// designee watches the Lease and claims within milliseconds; this is courtesy, not
+    /// safety (whoever takes it fences like any other leader), and a designee that looks
+    /// ready but whose sidecar is gone must not hold a planned handover for a lease.
+    pub(super) fn courtesy(&self) -> Duration {
+        self.settings.retry_period
+    }
+
     /// Whether a released Lease is meant for another pod that may still take it: a ready
-    /// participant that may lead, for a lease duration. A designee that cannot take it
+    /// participant that may lead, for the courtesy wait. A designee that cannot take it
     /// (unready, being deleted, priority 0, gone) is not waited for.
     pub(super) fn waiting_for_designee(&self, o: &Observed, now: Instant) -> bool {
         let to = &o.lease.record.handover_to;
         !to.is_empty()
             && *to != self.settings.me
-            && now < o.observed_at + self.settings.lease_duration
+            && now < o.observed_at + self.courtesy()
             && !self.declined.contains(to)
             && self.pods.get(to).is_some_and(|p| self.unfit(p).is_none())
     }
@@ -132,7 +141,7 @@ impl Core {
         o.holder().is_empty()
             && !to.is_empty()
             && *to != self.settings.me
-            && now >= o.observed_at + self.settings.lease_duration
+            && now >= o.observed_at + self.courtesy()
     }
 
     /// The Lease went from a release meant for `X` to another holder: `X` let it pass.
