@@ -8,6 +8,10 @@
 #                             unless qemu-aarch64(-static) is already there
 #   scripts/deps.sh image     an image builder that makes an image index: podman, or
 #                             else Debian buildah (daemonless); jq for the tarball
+#   scripts/deps.sh podman    podman (and conmon) for the image check's `podman load`,
+#                             unpacked from Debian's packages into a cache folder, not
+#                             installed (an installed podman would become the image
+#                             engine); prints that folder's podman on stdout
 #   scripts/deps.sh node      the node tests' container runtime: Debian containerd (1.6,
 #                             with ctr) and runc, busybox-static for the local sandbox
 #                             and app image, and buildah to build that image
@@ -60,6 +64,20 @@ case "${1:-}" in
     have jq || apt_install jq
     have podman || have buildah || apt_install buildah
     ;;
+  podman)
+    dir=${LEADER_LABELER_CACHE:-$HOME/.cache/leader-labeler}/podman
+    if [ ! -x "$dir/root/usr/bin/podman" ] || [ ! -x "$dir/root/usr/bin/conmon" ]; then
+      have apt-get && have dpkg || { echo "deps: the podman load check needs Debian's apt-get and dpkg" >&2; exit 1; }
+      echo "deps: unpacking Debian's podman and conmon into $dir" >&2
+      rm -rf "$dir" && mkdir -p "$dir/debs"
+      get() { (cd "$dir/debs" && apt-get download -q podman conmon) >/dev/null 2>&1; }
+      get || { apt-get update -q >/dev/null 2>&1 || true; get; } ||
+        { echo "deps: apt-get download podman conmon failed" >&2; exit 1; }
+      for d in "$dir"/debs/*.deb; do dpkg -x "$d" "$dir/root"; done
+      printf '[engine]\nconmon_path = ["%s"]\n' "$dir/root/usr/bin/conmon" >"$dir/containers.conf"
+    fi
+    echo "$dir/root/usr/bin/podman"
+    ;;
   node)
     if have containerd && have ctr && have runc && [ -x /bin/busybox ] && have buildah; then
       exit 0
@@ -74,7 +92,7 @@ case "${1:-}" in
     apt_install containernetworking-plugins iptables conntrack
     ;;
   *)
-    echo "usage: $0 musl|arm64|image|node|traffic" >&2
+    echo "usage: $0 musl|arm64|image|podman|node|traffic" >&2
     exit 2
     ;;
 esac

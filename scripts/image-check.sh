@@ -8,9 +8,11 @@
 #     taken out of the tarball runs --version (the arm64 one under qemu);
 #   - `ctr -n k8s.io images import --all-platforms` into a scratch containerd: both
 #     platforms, complete;
-#   - the OCI archive as podman load reads it, and manifest.json as docker load reads it
+#   - `podman load` (Debian's podman, unpacked by scripts/deps.sh podman, with a scratch
+#     store): this machine's platform, named IMAGE;
+#   - the OCI archive for each platform, and manifest.json as docker load reads it
 #     (containers/image, in a scratch store): each platform's image, by config digest.
-# Installs what is missing (scripts/deps.sh arm64, image, node).
+# Installs what is missing (scripts/deps.sh arm64, image, podman, node).
 #
 #   scripts/image-check.sh        IMAGE and TARBALL may be set in the environment
 #
@@ -37,6 +39,7 @@ scripts/static.sh || fail "static build (scripts/static.sh) failed"
 scripts/static-arm64.sh || fail "static arm64 build (scripts/static-arm64.sh) failed"
 scripts/deps.sh image || fail "no image builder: install podman or buildah"
 scripts/deps.sh node || fail "containerd (for the ctr import check) could not be installed"
+podman=$(scripts/deps.sh podman) || fail "podman (for the podman load check) could not be unpacked"
 scripts/image.sh build "$IMAGE" || fail "image build failed"
 scripts/image.sh check "$IMAGE" || fail "--version did not run inside $IMAGE"
 scripts/image.sh tar "$IMAGE" "$TARBALL" || fail "could not write $TARBALL"
@@ -124,8 +127,19 @@ grep -q "complete (2/2)" <<<"$line" || fail "ctr import is incomplete: $line"
 grep -qF "linux/amd64,linux/arm64" <<<"$("${ctr[@]}" images ls | grep -F "$IMAGE ")" ||
   fail "ctr import lacks a platform: $("${ctr[@]}" images ls)"
 
-# podman load's reader (containers/image: the OCI archive, one image per platform) and
-# docker load's format (manifest.json entries), in a store of their own.
+# podman load itself, in a store of its own: this machine's platform, named IMAGE.
+host=$(uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
+P=("$podman" --storage-driver vfs --root "$work/podman" --runroot "$work/podman-run"
+  --cgroup-manager cgroupfs --events-backend file)
+export CONTAINERS_CONF=${podman%/root/usr/bin/podman}/containers.conf
+loaded=$("${P[@]}" load -q -i "$TARBALL" 2>&1) || fail "podman load refused $TARBALL: $loaded"
+grep -qF "Loaded image: $IMAGE" <<<"$loaded" || fail "podman load did not name $IMAGE: $loaded"
+id=$("${P[@]}" image inspect --format '{{.Id}}' "$IMAGE") || fail "podman lost $IMAGE"
+[ "sha256:$id" = "${CONFIG[$host]}" ] || fail "podman load gave $id, not the $host image"
+unset CONTAINERS_CONF
+
+# The same library (containers/image) for every platform of the OCI archive, and docker
+# load's format (manifest.json entries), in a store of their own.
 store=(buildah --storage-driver vfs --root "$work/store" --runroot "$work/run")
 for arch in amd64 arm64; do
   id=$("${store[@]}" pull --quiet --arch "$arch" "oci-archive:$TARBALL" 2>/dev/null) ||
@@ -140,4 +154,4 @@ for i in 0 1; do
 done
 "${store[@]}" rmi -a -f >/dev/null 2>&1 || true
 
-echo "image-check: OK $IMAGE (linux/amd64, linux/arm64), $TARBALL ($(stat -c %s "$TARBALL") bytes; binaries ${sizes[*]}); ctr import --all-platforms complete"
+echo "image-check: OK $IMAGE (linux/amd64, linux/arm64), $TARBALL ($(stat -c %s "$TARBALL") bytes; binaries ${sizes[*]}); ctr import --all-platforms complete, podman load $host"
