@@ -967,7 +967,19 @@ fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
 }
 
 fn fresh_request(addr: SocketAddr) -> Result<String, String> {
-    let s = connect(addr)?;
+    let s = connect(addr).map_err(|e| {
+        if e.contains("timed out") {
+            // Where did the lost SYN go? Its conntrack entry is still there, unreplied.
+            let ct = Command::new("conntrack")
+                .args(["-L", "-p", "tcp", "--state", "SYN_SENT"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', " | "))
+                .unwrap_or_default();
+            format!("{e} [conntrack SYN_SENT: {ct}]")
+        } else {
+            e
+        }
+    })?;
     let mut r = BufReader::new(s);
     r.get_mut()
         .write_all(b"GET / HTTP/1.1\r\nHost: my-app\r\nConnection: close\r\n\r\n")
