@@ -344,7 +344,9 @@ impl Rig {
     /// no liveness probe, it serves no HTTP), from a fresh election: the Deployment and
     /// the Lease are deleted first. Returns once the Service answers from its leader.
     pub fn switch_to_baseline(&self, client: &Client) -> String {
-        self.kubectl(&["delete", "deployment", "my-app", "--wait=true"]);
+        // Scaled to zero first: without the garbage collector (not started), deleting the
+        // Deployment would leave its ReplicaSets and pods.
+        self.kubectl(&["scale", "deployment/my-app", "--replicas=0"]);
         let deadline = Instant::now() + Duration::from_secs(120);
         while !self.pods().is_empty() {
             assert!(
@@ -353,6 +355,8 @@ impl Rig {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        self.kubectl(&["delete", "deployment", "my-app"]);
+        self.kubectl(&["delete", "replicasets", "-l", "app=my-app"]);
         self.kubectl(&["delete", "lease", "my-app", "--ignore-not-found"]);
         let text = std::fs::read_to_string(repo().join("deploy/deployment.yaml")).unwrap();
         let mut deployment = self
