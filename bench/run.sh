@@ -16,3 +16,7 @@ make --no-print-directory static >&2
 make --no-print-directory image-tar >&2 || echo "bench: no image engine; image size not measured" >&2
 cargo build --release --quiet
 cargo run --release --quiet --example bench -- --baseline "$baseline" "$@"
+# "Rolling update through a Service": the same rollouts through kube-proxy for both
+# implementations, on the traffic rig (tests/traffic.rs; root, a network namespace of its
+# own). Adds its rows to bench/results.json and bench/RESULTS.md.
+cargo test --test traffic -- bench

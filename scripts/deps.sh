@@ -18,7 +18,8 @@
 #   scripts/deps.sh traffic   the node's, plus pod networking for the traffic rig: the CNI
 #                             reference plugins (Debian containernetworking-plugins:
 #                             bridge, host-local, loopback, portmap) and iptables for
-#                             kube-proxy and the bridge plugin, conntrack for the
+#                             kube-proxy and the bridge plugin (nftables for its other
+#                             mode, TRAFFIC_PROXY_MODE=nftables), conntrack for the
 #                             rig's counters of dropped connections
 set -euo pipefail
 
@@ -86,10 +87,10 @@ case "${1:-}" in
     ;;
   traffic)
     "$0" node
-    if [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && have iptables-restore && have conntrack; then
+    if [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && have iptables-restore && have nft && have conntrack; then
       exit 0
     fi
-    apt_install containernetworking-plugins iptables conntrack
+    apt_install containernetworking-plugins iptables nftables conntrack
     ;;
   *)
     echo "usage: $0 musl|arm64|image|podman|node|traffic" >&2

@@ -48,6 +48,9 @@ pub struct ClusterOptions {
     /// certificate also names that address and the Service's ClusterIP (10.0.0.1). No
     /// stand-in Node: the real kubelet's is the only one the scheduler may pick.
     pub node_ip: Option<&'static str>,
+    /// More kube-controller-manager flags (the traffic rig's
+    /// `--endpointslice-updates-batch-period` experiment).
+    pub controller_manager_args: Vec<String>,
 }
 
 /// The node name every test pod carries.
@@ -326,7 +329,7 @@ impl Cluster {
         };
         c.wait_ready();
         if opts.controller_manager {
-            c.start_controller_manager(&opts.extra_controllers, opts.node_ip.is_none());
+            c.start_controller_manager(&opts, opts.node_ip.is_none());
         }
         c
     }
@@ -345,7 +348,8 @@ impl Cluster {
     /// kube-controller-manager with only the controllers the Service proof needs:
     /// endpointslice, plus serviceaccount (creates each namespace's default account).
     /// Nothing that evicts or taints.
-    fn start_controller_manager(&mut self, extra: &[&str], stand_in_node: bool) {
+    fn start_controller_manager(&mut self, opts: &ClusterOptions, stand_in_node: bool) {
+        let extra = &opts.extra_controllers;
         let kcm = self.bin.join("kube-controller-manager");
         assert!(
             kcm.exists(),
@@ -369,6 +373,7 @@ impl Cluster {
         if extra.contains(&"root-ca-cert-publisher") {
             args.push(format!("--root-ca-file={}", self.ca_file().display()));
         }
+        args.extend(opts.controller_manager_args.iter().cloned());
         let child = spawn_logged(
             &self.dir,
             "kube-controller-manager",

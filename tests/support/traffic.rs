@@ -103,16 +103,67 @@ pub fn enter_netns() {
 pub struct Prereqs {
     pub node: Prepared,
     pub app_image_tar: PathBuf,
+    /// The client-go baseline's image (bench/baseline), when asked for.
+    pub baseline_image_tar: Option<PathBuf>,
 }
 
-pub fn prepare() -> Prereqs {
+pub const BASELINE_IMAGE: &str = "localhost/leader-labeler-traffic/client-go-baseline:1";
+
+pub fn prepare(baseline: bool) -> Prereqs {
     super::cluster::control_plane_bin();
     let node = Prepared::new("traffic", &["kubelet", "kube-proxy", "kube-scheduler"]);
     let app_image_tar = build_app_image();
     Prereqs {
         node,
         app_image_tar,
+        baseline_image_tar: baseline.then(build_baseline_image),
     }
+}
+
+/// bench/baseline built static (CGO_ENABLED=0: a `FROM scratch` image has no libc) into
+/// the cache bench/run.sh uses, in an image of its own; user 65532.
+fn build_baseline_image() -> PathBuf {
+    let cache = std::env::var("LEADER_LABELER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/leader-labeler")
+        });
+    let bin = cache.join("client-go-baseline-v0.36.3-static");
+    let src = repo().join("bench/baseline/main.go");
+    let stale = |b: &Path| {
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        m(b).is_none() || m(&src) > m(b)
+    };
+    if stale(&bin) {
+        let status = Command::new("go")
+            .args(["build", "-trimpath", "-ldflags", "-s -w", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(repo().join("bench/baseline"))
+            .envs([
+                ("CGO_ENABLED", "0"),
+                ("GOTOOLCHAIN", "local"),
+                ("GOFLAGS", "-mod=mod"),
+            ])
+            .status()
+            .expect("go (bench/baseline)");
+        assert!(
+            status.success(),
+            "building bench/baseline failed (see above)"
+        );
+    }
+    let ctx = repo().join("target/traffic-baseline-image");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy(&bin, ctx.join("baseline")).unwrap();
+    let tar = ctx.join("baseline.tar");
+    super::node::build_image(
+        &ctx,
+        "FROM scratch\nCOPY baseline /client-go-baseline\nUSER 65532:65532\nENTRYPOINT [\"/client-go-baseline\"]\n",
+        BASELINE_IMAGE,
+        &tar,
+    );
+    tar
 }
 
 /// The app: examples/traffic_app.rs built static (musl, or static glibc when the musl
@@ -198,6 +249,11 @@ impl Rig {
                 "nodelifecycle",
             ],
             node_ip: Some(NODE_IP),
+            // TRAFFIC_KCM_ARGS="--endpointslice-updates-batch-period=200ms": what a
+            // cluster's own settings change (docs/design.md).
+            controller_manager_args: std::env::var("TRAFFIC_KCM_ARGS")
+                .map(|a| a.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
             ..Default::default()
         })));
         let scheduler = spawn_logged(
@@ -218,7 +274,10 @@ impl Rig {
                     pod_cidr: POD_CIDR,
                     bridge: BRIDGE,
                 }),
-                images: vec![pre.app_image_tar.clone()],
+                images: [pre.app_image_tar.clone()]
+                    .into_iter()
+                    .chain(pre.baseline_image_tar.clone())
+                    .collect(),
             },
         )));
         let (proxy, proxy_log) = start_kube_proxy(cluster, &pre.node.bin);
@@ -278,6 +337,61 @@ impl Rig {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Replaces the Deployment's leader-labeler sidecar with the client-go baseline
+    /// (bench/baseline: its own flags, pointed at the in-cluster address, token and CA;
+    /// no liveness probe, it serves no HTTP), from a fresh election: the Deployment and
+    /// the Lease are deleted first. Returns once the Service answers from its leader.
+    pub fn switch_to_baseline(&self, client: &Client) -> String {
+        // Scaled to zero first: without the garbage collector (not started), deleting the
+        // Deployment would leave its ReplicaSets and pods.
+        self.kubectl(&["scale", "deployment/my-app", "--replicas=0"]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.pods().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "my-app's pods still exist after 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.kubectl(&["delete", "deployment", "my-app"]);
+        self.kubectl(&["delete", "replicasets", "-l", "app=my-app"]);
+        self.kubectl(&["delete", "lease", "my-app", "--ignore-not-found"]);
+        let text = std::fs::read_to_string(repo().join("deploy/deployment.yaml")).unwrap();
+        let mut deployment = self
+            .cluster
+            .manifest_objects(&text, "deploy/deployment.yaml")
+            .into_iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("a Deployment");
+        let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+        for c in deployment["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+        {
+            if c["name"] == "app" {
+                c["image"] = APP_IMAGE.into();
+                continue;
+            }
+            c["image"] = BASELINE_IMAGE.into();
+            c["args"] = serde_json::json!([
+                "--election-name=my-app",
+                "--server=https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)",
+                format!("--token-file={sa}/token"),
+                format!("--ca-file={sa}/ca.crt"),
+            ]);
+            c.as_object_mut().unwrap().remove("livenessProbe");
+        }
+        let out = self
+            .cluster
+            .kubectl(&["apply", "-f", "-"], Some(&deployment.to_string()));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.settle(2, client, Duration::from_secs(180))
     }
 
     /// deploy/rbac.yaml and deploy/service.yaml as shipped; deploy/deployment.yaml with
@@ -405,6 +519,43 @@ impl Rig {
         }
     }
 
+    /// Counters that explain lost packets, printed at the end of a run: conntrack's
+    /// (insert_failed, drop) in the node's namespace, and each pod's listen queue
+    /// overflows and drops (`nstat` in the pod's namespace).
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let ct = Command::new("conntrack").arg("-S").output();
+        if let Ok(o) = ct {
+            out += &format!("conntrack -S:\n{}", String::from_utf8_lossy(&o.stdout));
+        }
+        let netns = self
+            .node
+            .dir
+            .join("containerd/state/io.containerd.grpc.v1.cri/netns");
+        for e in std::fs::read_dir(netns).into_iter().flatten().flatten() {
+            let o = Command::new("nsenter")
+                .arg(format!("--net={}", e.path().display()))
+                .args([
+                    "nstat",
+                    "-az",
+                    "TcpExtListenOverflows",
+                    "TcpExtListenDrops",
+                    "TcpExtTCPReqQFullDrop",
+                    "TcpAttemptFails",
+                    "TcpExtTCPTimeouts",
+                ])
+                .output();
+            if let Ok(o) = o {
+                out += &format!(
+                    "{}:\n{}",
+                    e.file_name().to_string_lossy(),
+                    String::from_utf8_lossy(&o.stdout)
+                );
+            }
+        }
+        out
+    }
+
     /// A pod's IP.
     pub fn pod_ip(&self, name: &str) -> String {
         let pod = self
@@ -415,9 +566,9 @@ impl Rig {
     }
 }
 
-/// kube-proxy in iptables mode with its defaults (minSyncPeriod 1 s, syncPeriod 30 s) but
-/// for what a network namespace allows: it leaves the conntrack table's global size and
-/// timeouts alone. Logs at -v=2 for "SyncProxyRules complete".
+/// kube-proxy in iptables mode (or TRAFFIC_PROXY_MODE) with its defaults (minSyncPeriod
+/// 1 s, syncPeriod 30 s) but for what a network namespace allows: it leaves the conntrack
+/// table's global size and timeouts alone. Logs at -v=2 for "SyncProxyRules complete".
 fn start_kube_proxy(cluster: &Cluster, bin: &Path) -> (Child, PathBuf) {
     let dir = &cluster.dir;
     let config = dir.join("kube-proxy.yaml");
@@ -429,7 +580,7 @@ kind: KubeProxyConfiguration
 clientConnection:
   kubeconfig: {kubeconfig}
 hostnameOverride: {node}
-mode: iptables
+mode: {mode}
 clusterCIDR: {POD_CIDR}
 metricsBindAddress: 127.0.0.1:{metrics}
 healthzBindAddress: 127.0.0.1:{healthz}
@@ -441,6 +592,8 @@ conntrack:
 "#,
             kubeconfig = cluster.kubeconfig.display(),
             node = super::node::NODE_NAME,
+            // TRAFFIC_PROXY_MODE=nftables: kube-proxy's other backend.
+            mode = std::env::var("TRAFFIC_PROXY_MODE").unwrap_or_else(|_| "iptables".into()),
             metrics = super::cluster::free_port(),
             healthz = super::cluster::free_port(),
         ),
@@ -818,7 +971,19 @@ fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
 }
 
 fn fresh_request(addr: SocketAddr) -> Result<String, String> {
-    let s = connect(addr)?;
+    let s = connect(addr).map_err(|e| {
+        if e.contains("timed out") {
+            // Where did the lost SYN go? Its conntrack entry is still there, unreplied.
+            let ct = Command::new("conntrack")
+                .args(["-L", "-p", "tcp", "--state", "SYN_SENT"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', " | "))
+                .unwrap_or_default();
+            format!("{e} [conntrack SYN_SENT: {ct}]")
+        } else {
+            e
+        }
+    })?;
     let mut r = BufReader::new(s);
     r.get_mut()
         .write_all(b"GET / HTTP/1.1\r\nHost: my-app\r\nConnection: close\r\n\r\n")
@@ -948,6 +1113,9 @@ impl Handover {
 pub struct Stats {
     pub requests: usize,
     pub failed: usize,
+    /// Failures that are not connections refused between a handover's trigger and its
+    /// window's close (kube-proxy applying a Service with no endpoint).
+    pub failed_unexplained: usize,
     /// Answered by a pod that was not the Lease holder when the request began, outside
     /// every handover window (or by a pod that was neither side of the handover).
     pub non_leader: usize,
@@ -1101,18 +1269,22 @@ fn follow(
                 && matches!(&e.what, What::Slice { endpoints } if routed(endpoints) == only_to)
         })
         .map(|e| e.at);
-    // kube-proxy and the test see the same watch event within milliseconds of each
-    // other: a sync that began 50 ms before the test saw the slice counts.
-    let synced = sliced.and_then(|s| syncs.iter().find(|y| y.start >= s - 0.05).map(|y| y.end));
+    // The first sync that began after the test saw the slice: kube-proxy sees the same
+    // watch event at about the same time, so this may be one sync late (a window a
+    // minSyncPeriod too long), never early (a sync that began just before may not have
+    // had it: seen in a switchover, where the leaderless moment was synced and the
+    // new leader waited for the next sync).
+    let synced = sliced.and_then(|s| syncs.iter().find(|y| y.start >= s).map(|y| y.end));
     let fresh = || samples.iter().filter(|s| !s.keepalive);
     let first_answer = fresh()
         .filter(|s| s.start >= open && s.outcome.as_deref() == Ok(to))
         .map(|s| s.end)
         .reduce(f64::min);
+    // Inside the window only: later answers from `from` are judged as non-leader ones (or
+    // it leads again).
+    let window_end = synced.unwrap_or(f64::INFINITY);
     let last_old_answer = fresh()
-        .filter(|s| {
-            s.start >= open - 1.0 && s.start <= open + 60.0 && s.outcome.as_deref() == Ok(from)
-        })
+        .filter(|s| s.start >= open && s.start <= window_end && s.outcome.as_deref() == Ok(from))
         .map(|s| s.end)
         .reduce(f64::max);
     Handover {
@@ -1145,8 +1317,39 @@ fn judge(o: &Observed, handovers: &[Handover], keepalive: bool, start: f64, end:
         match &s.outcome {
             Err(e) => {
                 st.failed += 1;
-                if st.examples.len() < 10 {
-                    st.examples.push(format!("{:.3} failed: {e}", s.start));
+                let explained = e.starts_with("connect: Connection refused")
+                    && handovers
+                        .iter()
+                        .any(|h| h.trigger <= s.start && s.start <= h.close());
+                if !explained {
+                    st.failed_unexplained += 1;
+                }
+                let near = handovers
+                    .iter()
+                    .map(|h| s.start - h.open)
+                    .min_by(|a, b| a.abs().total_cmp(&b.abs()));
+                if st.examples.len() < 10 || !e.starts_with("connect: Connection refused") {
+                    // Which kube-proxy sync was nearest: a lost SYN during a rule sync?
+                    let sync = o
+                        .syncs
+                        .iter()
+                        .map(|y| (s.start - y.start, y.end - y.start))
+                        .min_by(|a, b| a.0.abs().total_cmp(&b.0.abs()))
+                        .map_or(String::new(), |(d, len)| {
+                            format!(
+                                "; {:+.0} ms from the start of a {:.0} ms kube-proxy sync",
+                                d * 1000.0,
+                                len * 1000.0
+                            )
+                        });
+                    st.examples.push(match near {
+                        Some(d) => format!(
+                            "{:.3}, {:+.0} ms from a window's opening{sync}: {e}",
+                            s.start,
+                            d * 1000.0
+                        ),
+                        None => format!("{:.3} (no handover){sync}: {e}", s.start),
+                    });
                 }
             }
             Ok(pod) => {
@@ -1207,8 +1410,8 @@ impl Report {
             ("keep-alive", &self.keepalive),
         ] {
             s += &format!(
-                "  {label:16} {:5} requests, {} failed, {} by a non-leader outside the window (over {:.0} ms), {} in the window, longest gap {:.0} ms\n",
-                st.requests, st.failed, st.non_leader, st.non_leader_span * 1000.0, st.in_window, st.longest_gap * 1000.0
+                "  {label:16} {:5} requests, {} failed ({} not refused inside a window), {} by a non-leader outside the window (over {:.0} ms), {} in the window, longest gap {:.0} ms\n",
+                st.requests, st.failed, st.failed_unexplained, st.non_leader, st.non_leader_span * 1000.0, st.in_window, st.longest_gap * 1000.0
             );
             for e in &st.examples {
                 s += &format!("      {e}\n");
@@ -1238,6 +1441,7 @@ impl Report {
             serde_json::json!({
                 "requests": st.requests,
                 "failed": st.failed,
+                "failed_unexplained": st.failed_unexplained,
                 "non_leader_outside_window": st.non_leader,
                 "non_leader_span_ms": (st.non_leader_span * 1000.0).round(),
                 "in_window": st.in_window,
