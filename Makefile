@@ -58,7 +58,7 @@ test-node: control-plane ## Every node scenario, the 9-minute token rotation inc
 
 # The exhaustive check of the decision core (src/core/model): every order of three real
 # cores' steps, stream deliveries, clock moves and up to two faults. `cargo test --lib`
-# (and so make test) runs a small bound of the same search.
+# (and so make test) runs a small bound of the same search (1 fault, 2 and 3 sidecars).
 check-model: ## Exhaustive check of the real decision core: 3 sidecars, 2 faults (about 20 min)
 	MODEL_SIDECARS=3 MODEL_FAULTS=2 MODEL_FAULTS_ANYWHERE=0 MODEL_FAULTS_UNTIL=4 MODEL_THREADS=2 \
 		cargo test --profile model --lib core::model::every_interleaving -- --nocapture
