@@ -40,13 +40,6 @@ for b in "${wanted[@]}"; do
     *) fail "unknown binary '$b': this script builds kubelet, kube-proxy and kube-scheduler" ;;
   esac
 done
-all_present() {
-  missing=()
-  for b in "${wanted[@]}"; do
-    [ -x "$bin/$b" ] || missing+=("$b")
-  done
-  [ ${#missing[@]} -eq 0 ]
-}
 if all_present; then
   echo "node-build: using ${wanted[*]} in $bin" >&2
   echo "$bin"

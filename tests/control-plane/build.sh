@@ -40,14 +40,6 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
   exit 0
 fi
 
-all_present() {
-  missing=()
-  for b in "${wanted[@]}"; do
-    [ -x "$bin/$b" ] || missing+=("$b")
-  done
-  [ ${#missing[@]} -eq 0 ]
-}
-
 if all_present; then
   echo "control-plane: using $bin" >&2
   echo "$bin"

@@ -29,3 +29,12 @@ go_build_env() {
   esac
   ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
 }
+
+# Whether every binary named in $wanted is in $bin; the absent ones are left in $missing.
+all_present() {
+  missing=()
+  for b in "${wanted[@]}"; do
+    [ -x "$bin/$b" ] || missing+=("$b")
+  done
+  [ ${#missing[@]} -eq 0 ]
+}
