@@ -15,16 +15,16 @@ impl Core {
             }
             (Pending::GetLease, Outcome::Lease(r)) => match r {
                 Ok(l) => {
-                    self.lease_stale = false;
+                    self.lease.stale = false;
                     self.lease_answered(now.mono);
                     self.observe_lease(l, now);
-                    self.confirmed_at = Some(now.mono);
+                    self.lease.confirmed_at = Some(now.mono);
                 }
                 Err(e) => self.lease_failed(&e, now.mono, "read the Lease"),
             },
             (Pending::Patch(p), Outcome::Pod(r)) => self.patched(p, r, now),
             (Pending::GetPod(name), Outcome::Pod(r)) => {
-                self.stale_pods.retain(|n| n != &name);
+                self.pods.stale.retain(|n| n != &name);
                 match r {
                     Ok(pod) => self.observe(Observation::PodChanged(pod), now),
                     Err(KubeError::NotFound(_)) => self.pod_not_found(&name),
@@ -33,14 +33,15 @@ impl Core {
             }
             (Pending::ListPods, Outcome::Pods(r)) => match r {
                 Ok(pods) => {
-                    self.relist_due = Some(now.mono + self.settings.resync_period);
+                    self.pods.relist_due = Some(now.mono + self.settings.resync_period);
                     self.observe(Observation::PodsListed(pods), now);
                     self.plan_fencing();
                 }
                 Err(e) => {
                     // Fencing waits for this list: retry it after the back-off.
                     let fencing = matches!(&self.role, Role::Leader(l) if matches!(l.fencing, Fencing::Listing { .. }));
-                    self.relist_due = (!fencing).then(|| now.mono + self.settings.resync_period);
+                    self.pods.relist_due =
+                        (!fencing).then(|| now.mono + self.settings.resync_period);
                     self.labels_failed(&e, now.mono, "list pods", "");
                 }
             },
@@ -64,7 +65,7 @@ impl Core {
             Err(KubeError::Conflict(_)) => {
                 // Someone else wrote first: re-read and decide again, never retry blindly.
                 log::debug!("Lease write conflicted; reading it again");
-                self.lease_stale = true;
+                self.lease.stale = true;
                 return;
             }
             Err(KubeError::NotFound(_)) => {
@@ -82,7 +83,7 @@ impl Core {
             }
         };
         self.lease_answered(now.mono);
-        let previous = match &self.lease {
+        let previous = match &self.lease.view {
             LeaseView::Present(o) => o.holder().to_string(),
             _ => String::new(),
         };
@@ -120,7 +121,7 @@ impl Core {
                     renew_due: sent + self.settings.retry_period,
                     fencing: Fencing::Listing { stamp, previous },
                 });
-                self.relist_due = Some(now.mono);
+                self.pods.relist_due = Some(now.mono);
             }
             LeaseWrite::Renew => {
                 self.notices.push(Notice::Renewed { ok: true });
@@ -144,7 +145,7 @@ impl Core {
     }
 
     pub(super) fn lease_version(&self) -> &str {
-        match &self.lease {
+        match &self.lease.view {
             LeaseView::Present(o) => &o.lease.resource_version,
             _ => "",
         }
@@ -215,7 +216,7 @@ impl Core {
             }
             Err(KubeError::Conflict(_)) => {
                 log::debug!("pod {} changed under us; reading it again", patch.pod);
-                self.stale_pods.push(patch.pod);
+                self.pods.stale.push(patch.pod);
             }
             Err(KubeError::NotFound(_)) => {
                 self.fenced(&patch.pod);
@@ -241,12 +242,12 @@ impl Core {
     }
 
     pub(super) fn pod_not_found(&mut self, name: &str) {
-        self.pods.remove(name);
+        self.pods.labeled.remove(name);
         if name == self.settings.me {
-            if !self.own_gone {
+            if !self.pods.own_gone {
                 log::warn!("this pod no longer exists; leaving");
             }
-            self.own_gone = true;
+            self.pods.own_gone = true;
         }
     }
 
@@ -266,6 +267,7 @@ impl Core {
             Role::Leader(l) => {
                 l.fencing != Fencing::Done
                     || !self
+                        .pods
                         .own
                         .as_ref()
                         .is_some_and(|p| self.settings.keys.says_leader(p))
@@ -291,7 +293,9 @@ impl Core {
         match e {
             // Not while out of contact: a kube-apiserver that is starting answers 403
             // until its RBAC cache has synced.
-            KubeError::Forbidden(m) if !self.said.forbidden && self.contact_lost.is_none() => {
+            KubeError::Forbidden(m)
+                if !self.said.forbidden && self.lease.contact_lost.is_none() =>
+            {
                 self.said.forbidden = true;
                 log::error!("cannot {what}{target}: {m}. Check the Role (deploy/rbac.yaml).");
             }

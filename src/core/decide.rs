@@ -11,7 +11,7 @@ impl Core {
             self.pending.is_none(),
             "next_action while an action is pending"
         );
-        if self.replaced {
+        if self.pods.replaced {
             return Some(Action::Exit(Exit::Replaced));
         }
         self.check_timers(now.mono);
@@ -25,7 +25,7 @@ impl Core {
                 return Some(Action::Exit(Exit::Incomplete));
             }
         }
-        if self.lease == LeaseView::Unknown || self.own.is_none() {
+        if self.lease.view == LeaseView::Unknown || self.pods.own.is_none() {
             return None;
         }
         let action = self
@@ -37,7 +37,7 @@ impl Core {
                 Action::UpdateLease { record, .. } | Action::CreateLease(record) => {
                     let kind = if record.holder.is_empty() {
                         let forced = self.drain.as_ref().is_some_and(|d| d.must_leave(now.mono))
-                            || self.own_gone;
+                            || self.pods.own_gone;
                         // Stop acting as leader *before* the release is sent: if it is
                         // applied and the answer lost, a successor may already lead.
                         let was = match std::mem::replace(
@@ -79,6 +79,7 @@ impl Core {
         }
         if let Role::HandingOver { since, wait } = self.role {
             let own_false = self
+                .pods
                 .own
                 .as_ref()
                 .is_some_and(|p| !self.settings.keys.says_leader(p));
@@ -98,15 +99,15 @@ impl Core {
     }
 
     pub(super) fn lease_action(&mut self, now: Now) -> Option<Action> {
-        if self.lease_stale {
+        if self.lease.stale {
             return Some(Action::GetLease);
         }
         if self.retry.lease_at.is_some_and(|t| now.mono < t) {
             return None;
         }
         let must_leave =
-            self.own_gone || self.drain.as_ref().is_some_and(|d| d.must_leave(now.mono));
-        match (&self.role, &self.lease) {
+            self.pods.own_gone || self.drain.as_ref().is_some_and(|d| d.must_leave(now.mono));
+        match (&self.role, &self.lease.view) {
             (Role::Leader(l), LeaseView::Present(o)) => {
                 // A new leader finishes its fence before any planned handover: the dead
                 // holder's participation must go, and a release now would leave it.
@@ -156,7 +157,7 @@ impl Core {
                 }
                 action
             }
-            (Role::Follower, LeaseView::Absent) if self.contact_lost.is_some() => {
+            (Role::Follower, LeaseView::Absent) if self.lease.contact_lost.is_some() => {
                 Some(Action::GetLease)
             }
             (Role::Follower, LeaseView::Absent) if self.may_compete() => {
@@ -176,7 +177,7 @@ impl Core {
             // may lead, else free it for the next pod (see `handover`).
             (Role::HandingOver { .. }, LeaseView::Present(o)) if self.passed_over(o, now.mono) => {
                 let to = o.lease.record.handover_to.clone();
-                if self.declined.insert(to.clone()) {
+                if self.pods.declined.insert(to.clone()) {
                     log::warn!(
                         "{to} did not take the Lease released for it (is its sidecar running?)"
                     );
@@ -186,7 +187,7 @@ impl Core {
                 }
                 let next = self
                     .successor()
-                    .filter(|p| !self.declined.contains(&p.name))
+                    .filter(|p| !self.pods.declined.contains(&p.name))
                     .map(|p| p.name.clone())
                     .unwrap_or_default();
                 let record = election::release(&o.lease.record, now.wall, &next);
@@ -198,7 +199,7 @@ impl Core {
                 if o.holder() == self.settings.me {
                     return self.own_lease(o, now, must_leave);
                 }
-                if self.contact_lost.is_some() {
+                if self.lease.contact_lost.is_some() {
                     // Probe until the API server answers; judge nothing meanwhile.
                     return Some(Action::GetLease);
                 }
@@ -217,7 +218,7 @@ impl Core {
                 }
                 // Expired by our clock. Read it once more before taking it: a stalled
                 // watch or an API outage looks exactly like a dead holder.
-                if self.confirmed_at.is_some_and(|t| t >= o.expires_at()) {
+                if self.lease.confirmed_at.is_some_and(|t| t >= o.expires_at()) {
                     Some(self.claim(o, now))
                 } else {
                     Some(Action::GetLease)
@@ -236,7 +237,11 @@ impl Core {
     /// renews (not leading, so nothing to stop first).
     pub(super) fn own_lease(&self, o: &Observed, now: Now, must_leave: bool) -> Option<Action> {
         let best = self.successor().map(|p| p.name.as_str());
-        let never = self.own.as_ref().is_some_and(|p| self.priority(p) == 0);
+        let never = self
+            .pods
+            .own
+            .as_ref()
+            .is_some_and(|p| self.priority(p) == 0);
         if must_leave || never || (!self.eligible() && best.is_some()) {
             log::info!("releasing the Lease that still names this pod: it cannot lead");
             return Some(Action::UpdateLease {
@@ -272,18 +277,18 @@ impl Core {
     }
 
     pub(super) fn label_action(&mut self, now: Instant) -> Option<Action> {
-        if let Some(name) = self.stale_pods.first() {
+        if let Some(name) = self.pods.stale.first() {
             return Some(Action::GetPod(name.clone()));
         }
-        if self.retry.labels_at.is_some_and(|t| now < t) || self.own_gone {
+        if self.retry.labels_at.is_some_and(|t| now < t) || self.pods.own_gone {
             return None;
         }
         let standing = match &self.role {
             Role::Leader(l) => {
-                if self.relist_due.is_none_or(|t| now >= t) {
+                if self.pods.relist_due.is_none_or(|t| now >= t) {
                     return Some(Action::ListPods);
                 }
-                if self.rivals_until.is_some_and(|t| now < t) {
+                if self.lease.rivals_until.is_some_and(|t| now < t) {
                     return None;
                 }
                 let fence = match &l.fencing {
@@ -302,11 +307,11 @@ impl Core {
                 keep_true: !self.leaving(),
             },
         };
-        let own = self.own.as_ref()?;
+        let own = self.pods.own.as_ref()?;
         labels::next_patch(
             &self.settings.keys,
             own,
-            &self.pods,
+            &self.pods.labeled,
             &standing,
             self.eligible(),
         )
@@ -316,7 +321,7 @@ impl Core {
     /// A leaving pod's work is done: not leading, not participating, not labeled leader.
     pub(super) fn settled(&self) -> bool {
         match &self.role {
-            Role::Follower => self.own.as_ref().is_some_and(|p| {
+            Role::Follower => self.pods.own.as_ref().is_some_and(|p| {
                 p.label(&self.settings.keys.participant).is_none()
                     && !self.settings.keys.says_leader(p)
             }),
@@ -328,7 +333,7 @@ impl Core {
         if !self.leaving() {
             return None;
         }
-        if self.own_gone {
+        if self.pods.own_gone {
             return Some(Action::Exit(Exit::Clean));
         }
         if !self.settled() {
@@ -360,14 +365,14 @@ impl Core {
             Role::Leader(l) => {
                 times.push(l.renew_due);
                 times.push(l.renewed_at + self.settings.renew_deadline);
-                times.extend(self.relist_due);
-                times.extend(self.rivals_until);
+                times.extend(self.pods.relist_due);
+                times.extend(self.lease.rivals_until);
                 times.extend(self.failback_due());
             }
             Role::HandingOver { since, .. } => times.push(*since + self.settings.lease_duration),
             Role::Follower => {
-                if let LeaseView::Present(o) = &self.lease {
-                    if !o.holder().is_empty() && self.contact_lost.is_none() {
+                if let LeaseView::Present(o) = &self.lease.view {
+                    if !o.holder().is_empty() && self.lease.contact_lost.is_none() {
                         times.push(o.expires_at());
                     }
                     if o.holder().is_empty() && !o.lease.record.handover_to.is_empty() {

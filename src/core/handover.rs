@@ -94,6 +94,7 @@ impl Core {
     /// The best-ranked pod other than this one that can take over now.
     pub(super) fn successor(&self) -> Option<&Pod> {
         self.pods
+            .labeled
             .values()
             .filter(|p| p.name != self.settings.me && self.unfit(p).is_none())
             .max_by_key(|p| self.rank(p))
@@ -103,11 +104,11 @@ impl Core {
     /// enough; None: it does not rank above this pod, or failback is off.
     fn failback_at(&self, best: &Pod) -> Option<Instant> {
         let wait = self.settings.failback_after?;
-        let own = self.own.as_ref()?;
-        if self.rank(best) <= self.rank(own) || self.declined.contains(&best.name) {
+        let own = self.pods.own.as_ref()?;
+        if self.rank(best) <= self.rank(own) || self.pods.declined.contains(&best.name) {
             return None;
         }
-        Some(*self.ready_since.get(&best.name)? + wait)
+        Some(*self.pods.ready_since.get(&best.name)? + wait)
     }
 
     /// When a failback becomes due, for `next_wakeup`.
@@ -131,8 +132,12 @@ impl Core {
         !to.is_empty()
             && *to != self.settings.me
             && now < o.observed_at + self.courtesy()
-            && !self.declined.contains(to)
-            && self.pods.get(to).is_some_and(|p| self.unfit(p).is_none())
+            && !self.pods.declined.contains(to)
+            && self
+                .pods
+                .labeled
+                .get(to)
+                .is_some_and(|p| self.unfit(p).is_none())
     }
 
     /// A release meant for another pod that has not taken it within the courtesy wait.
@@ -151,13 +156,13 @@ impl Core {
             if next.holder == *to {
                 return;
             }
-            if self.declined.insert(to.clone()) {
+            if self.pods.declined.insert(to.clone()) {
                 log::warn!(
                     "{to} did not take the Lease released for it (is its sidecar running?); no failback to it until it rejoins"
                 );
             }
         } else if !next.holder.is_empty() {
-            self.declined.remove(&next.holder);
+            self.pods.declined.remove(&next.holder);
         }
     }
 
@@ -180,7 +185,11 @@ impl Core {
             // No time for anything but the release (a valid switchover target first).
             let asked = o.lease.switchover_to().filter(|to| {
                 *to != self.settings.me
-                    && self.pods.get(*to).is_some_and(|p| self.unfit(p).is_none())
+                    && self
+                        .pods
+                        .labeled
+                        .get(*to)
+                        .is_some_and(|p| self.unfit(p).is_none())
             });
             return Plan::Release {
                 to: asked
@@ -194,7 +203,7 @@ impl Core {
             if to == self.settings.me {
                 return Plan::Refuse(String::new());
             }
-            let why = match self.pods.get(to) {
+            let why = match self.pods.labeled.get(to) {
                 None => Some("no such pod carries the election's label"),
                 Some(p) => self.unfit(p),
             };
@@ -206,7 +215,7 @@ impl Core {
                 Some(why) => Plan::Refuse(format!("switchover to {to} refused: {why}")),
             };
         }
-        let own = self.own.as_ref();
+        let own = self.pods.own.as_ref();
         let cannot_serve = !self.eligible() || own.is_some_and(|p| self.priority(p) == 0);
         let Some(best) = best else {
             return Plan::Stay;

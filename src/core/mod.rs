@@ -62,8 +62,9 @@ pub enum Fencing {
     Done,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 enum LeaseView {
+    #[default]
     Unknown,
     Absent,
     Present(Observed),
@@ -97,49 +98,61 @@ const FORBIDDEN_BEFORE_SLOWING: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct Core {
     settings: Settings,
-    lease: LeaseView,
-    /// Labeled pods (those carrying the leadership key), including our own when labeled.
-    pods: BTreeMap<String, Pod>,
-    own: Option<Pod>,
-    own_gone: bool,
+    lease: LeaseKnowledge,
+    pods: PodCache,
     role: Role,
     drain: Option<Drain>,
     pending: Option<Pending>,
+    /// Why a pending release is sent (its target is in the record written).
+    release_why: Option<&'static str>,
     retry: Retry,
-    /// A lease read is needed (after a conflict).
-    lease_stale: bool,
-    /// Pods to re-read (after a conflict).
-    stale_pods: Vec<String>,
-    relist_due: Option<Instant>,
     said: Said,
     notices: Vec<Notice>,
-    /// Until then another process may still believe it leads: a holder whose claim was
-    /// ended by someone else's write (the Lease deleted, emptied or rewritten by hand)
-    /// rather than by its own release or by expiry. A new leader writes no label before.
-    rivals_until: Option<Instant>,
+    /// `<election>/priority`, the pod annotation that ranks pods.
+    priority_key: String,
+}
+
+/// What this process knows of the Lease, and how far it can trust that.
+#[derive(Debug, Clone, Default)]
+struct LeaseKnowledge {
+    view: LeaseView,
+    /// A lease read is needed (after a conflict).
+    stale: bool,
     /// Since when the Lease sensor or our own Lease calls have failed; None: in contact.
     contact_lost: Option<Instant>,
     /// When a Lease read last succeeded: a takeover after expiry needs one made after
     /// the expiry, so a stalled watch or an outage is never mistaken for a dead holder.
     confirmed_at: Option<Instant>,
+    /// Until then another process may still believe it leads: a holder whose claim was
+    /// ended by someone else's write (the Lease deleted, emptied or rewritten by hand)
+    /// rather than by its own release or by expiry. A new leader writes no label before.
+    rivals_until: Option<Instant>,
+    /// This process's first view of the Lease showed no holder and no release (deleted or
+    /// emptied by hand) before any pod list: whoever held it may still act, unseen
+    /// (`safety`, rule 2); the first pod list tells.
+    unseen_holder_since: Option<Instant>,
+}
+
+/// The pods of the election as this process has seen them.
+#[derive(Debug, Clone, Default)]
+struct PodCache {
+    /// Labeled pods (those carrying the leadership key), including our own when labeled.
+    labeled: BTreeMap<String, Pod>,
+    own: Option<Pod>,
+    own_gone: bool,
     /// Our pod was deleted and recreated under the same name (another uid).
     replaced: bool,
+    /// A pod list has been taken in.
+    listed: bool,
+    /// Pods to re-read (after a conflict).
+    stale: Vec<String>,
+    relist_due: Option<Instant>,
     /// Since when each pod has been a ready participant, by our clock (failback waits).
     ready_since: BTreeMap<String, Instant>,
     /// Pods that let a Lease released for them pass (someone else took it after the
     /// courtesy wait): their sidecar may be hung, so no failback to them until they
     /// leave and rejoin the ready participants.
     declined: BTreeSet<String>,
-    /// This process's first view of the Lease showed no holder and no release (deleted or
-    /// emptied by hand) before any pod list: whoever held it may still act, unseen
-    /// (`safety`, rule 2); the first pod list tells.
-    unseen_holder_since: Option<Instant>,
-    /// A pod list has been taken in.
-    pods_listed: bool,
-    /// Why a pending release is sent (its target is in the record written).
-    release_why: Option<&'static str>,
-    /// `<election>/priority`, the pod annotation that ranks pods.
-    priority_key: String,
 }
 
 /// Back-off after failures, per kind of call.
@@ -174,13 +187,12 @@ impl Core {
         Core {
             priority_key: format!("{}/priority", settings.keys.election),
             settings,
-            lease: LeaseView::Unknown,
-            pods: BTreeMap::new(),
-            own: None,
-            own_gone: false,
+            lease: LeaseKnowledge::default(),
+            pods: PodCache::default(),
             role: Role::Follower,
             drain: None,
             pending: None,
+            release_why: None,
             retry: Retry {
                 lease_at: None,
                 lease_failures: 0,
@@ -189,20 +201,8 @@ impl Core {
                 label_failures: 0,
                 jitter,
             },
-            lease_stale: false,
-            stale_pods: Vec::new(),
-            relist_due: None,
             said: Said::default(),
             notices: Vec::new(),
-            rivals_until: None,
-            contact_lost: None,
-            confirmed_at: None,
-            replaced: false,
-            ready_since: BTreeMap::new(),
-            declined: BTreeSet::new(),
-            unseen_holder_since: None,
-            pods_listed: false,
-            release_why: None,
         }
     }
 
@@ -230,7 +230,7 @@ impl Core {
 
     /// The holder named in the Lease as last seen ("" when free or unknown).
     pub fn lease_holder(&self) -> &str {
-        match &self.lease {
+        match &self.lease.view {
             LeaseView::Present(o) => o.holder(),
             _ => "",
         }
@@ -247,6 +247,7 @@ impl Core {
             holder: self.lease_holder().to_string(),
             participants: self
                 .pods
+                .labeled
                 .values()
                 .filter(|p| {
                     p.ready
@@ -256,14 +257,15 @@ impl Core {
                 .map(|p| p.name.clone())
                 .collect(),
             draining: self.drain.is_some(),
-            connected: self.lease != LeaseView::Unknown
-                && self.own.is_some()
-                && self.contact_lost.is_none(),
+            connected: self.lease.view != LeaseView::Unknown
+                && self.pods.own.is_some()
+                && self.lease.contact_lost.is_none(),
             renewed_at: match &self.role {
                 Role::Leader(l) => Some(l.renewed_at),
                 _ => None,
             },
             labeled_leader: self
+                .pods
                 .own
                 .as_ref()
                 .is_some_and(|p| self.settings.keys.says_leader(p)),
@@ -278,27 +280,33 @@ impl Core {
 
     /// Whether this pod should carry the participation label and compete.
     fn eligible(&self) -> bool {
-        self.own.as_ref().is_some_and(|p| p.ready && !p.deleting)
+        self.pods
+            .own
+            .as_ref()
+            .is_some_and(|p| p.ready && !p.deleting)
             && self.drain.is_none()
-            && !self.own_gone
+            && !self.pods.own_gone
     }
 
     /// Whether this pod may take the lease: eligible, and already labeled, so that it is
     /// in every other sidecar's pod cache (and fenced by the next leader) before it can
     /// ever claim `true`.
     fn may_compete(&self) -> bool {
-        self.eligible() && self.own.as_ref().is_some_and(|p| self.priority(p) > 0) && self.labeled()
+        self.eligible()
+            && self.pods.own.as_ref().is_some_and(|p| self.priority(p) > 0)
+            && self.labeled()
     }
 
     /// Our pod carries the leadership label (any value).
     fn labeled(&self) -> bool {
-        self.own
+        self.pods
+            .own
             .as_ref()
             .is_some_and(|p| p.labels.contains_key(&self.settings.keys.leader))
     }
 
     fn leaving(&self) -> bool {
-        self.drain.is_some() || self.own_gone
+        self.drain.is_some() || self.pods.own_gone
     }
 }
 

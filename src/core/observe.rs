@@ -10,31 +10,33 @@ impl Core {
             Observation::PodsListed(pods) => {
                 // A list is the whole truth: forget pods it no longer holds.
                 self.pods
+                    .labeled
                     .retain(|name, _| pods.iter().any(|p| p.name == *name));
-                self.ready_since
+                self.pods
+                    .ready_since
                     .retain(|name, _| pods.iter().any(|p| p.name == *name));
                 for p in pods {
                     self.note_pod(p, now);
                 }
-                self.pods_listed = true;
-                if let Some(since) = self.unseen_holder_since.take() {
+                self.pods.listed = true;
+                if let Some(since) = self.lease.unseen_holder_since.take() {
                     self.wait_out_unseen_holder(since);
                 }
             }
             Observation::PodChanged(p) => self.note_pod(p, now),
             Observation::PodGone(p) => {
-                self.pods.remove(&p.name);
-                self.ready_since.remove(&p.name);
-                self.declined.remove(&p.name);
+                self.pods.labeled.remove(&p.name);
+                self.pods.ready_since.remove(&p.name);
+                self.pods.declined.remove(&p.name);
                 if p.name == self.settings.me {
-                    if p.deleting && !self.replaced {
+                    if p.deleting && !self.pods.replaced {
                         // Deleted at once (a force deletion, grace 0): the release still
                         // goes out, which usually fits before the kubelet's SIGKILL.
                         self.start_deletion_drain(&p, now);
                     }
                     // Deleted, or someone removed our label: forget our labels so they
                     // are written again (a 404 then tells us the pod is gone).
-                    if let Some(own) = &mut self.own {
+                    if let Some(own) = &mut self.pods.own {
                         own.labels.remove(&self.settings.keys.leader);
                         own.labels.remove(&self.settings.keys.participant);
                     }
@@ -45,6 +47,7 @@ impl Core {
             Observation::LeaseContact(Contact::Restored) => self.contact_restored(now.mono),
             Observation::Signal => {
                 let grace = self
+                    .pods
                     .own
                     .as_ref()
                     .map_or(30, |p| p.termination_grace_seconds);
@@ -54,7 +57,7 @@ impl Core {
     }
 
     pub(super) fn observe_lease(&mut self, lease: Option<Lease>, now: Now) {
-        if self.lease == LeaseView::Unknown {
+        if self.lease.view == LeaseView::Unknown {
             self.first_lease_view(lease.as_ref(), now.mono);
         }
         match lease {
@@ -62,13 +65,13 @@ impl Core {
                 if self.is_leader() {
                     self.step_down("the Lease was deleted while we led".into());
                 }
-                let prev = std::mem::replace(&mut self.lease, LeaseView::Absent);
+                let prev = std::mem::replace(&mut self.lease.view, LeaseView::Absent);
                 if let LeaseView::Present(prev) = prev {
                     self.note_rival(&prev, None);
                 }
             }
             Some(l) => {
-                let prev = match &self.lease {
+                let prev = match &self.lease.view {
                     LeaseView::Present(o) => Some(o.clone()),
                     _ => None,
                 };
@@ -91,7 +94,7 @@ impl Core {
                         o.holder()
                     ));
                 }
-                self.lease = LeaseView::Present(o);
+                self.lease.view = LeaseView::Present(o);
             }
         }
     }
@@ -101,29 +104,30 @@ impl Core {
     pub(super) fn note_pod(&mut self, p: Pod, now: Now) {
         let mine = p.name == self.settings.me;
         let known = if mine {
-            self.own.as_ref()
+            self.pods.own.as_ref()
         } else {
-            self.pods.get(&p.name)
+            self.pods.labeled.get(&p.name)
         };
         if known.is_some_and(|o| is_older(&p.resource_version, &o.resource_version)) {
             return;
         }
         if mine {
-            if let Some(own) = &self.own {
+            if let Some(own) = &self.pods.own {
                 if !own.uid.is_empty() && !p.uid.is_empty() && own.uid != p.uid {
-                    if !self.replaced {
+                    if !self.pods.replaced {
                         log::error!(
                             "pod {} was deleted and recreated (uid {} is now {}): this process belongs to the old pod; leaving without touching the new one",
                             p.name, own.uid, p.uid
                         );
                     }
-                    self.replaced = true;
+                    self.pods.replaced = true;
                     return;
                 }
             }
             // A deletion starts the drain; a later one with a shorter grace (kubectl
             // delete --grace-period=5 after a 30 s delete) shortens it.
             let seen = self
+                .pods
                 .own
                 .as_ref()
                 .filter(|o| o.deleting)
@@ -131,27 +135,30 @@ impl Core {
             if p.deleting && seen != Some(p.deletion_grace_seconds) {
                 self.start_deletion_drain(&p, now);
             }
-            let was = self.own.as_ref().map(|o| self.priority(o));
+            let was = self.pods.own.as_ref().map(|o| self.priority(o));
             if self.priority(&p) == 0 && was != Some(0) {
                 log::info!("this pod's priority is 0: it serves as a replica and never leads");
             }
-            let was_ready = self.own.as_ref().map(|o| o.ready);
+            let was_ready = self.pods.own.as_ref().map(|o| o.ready);
             if was_ready.is_some() && was_ready != Some(p.ready) {
                 log::info!("pod is now {}", if p.ready { "Ready" } else { "not Ready" });
             }
-            self.own = Some(p.clone());
+            self.pods.own = Some(p.clone());
         }
         let foreign = !mine && self.foreign(&p);
         if p.ready && !p.deleting && p.label(&self.settings.keys.participant) == Some("true") {
-            self.ready_since.entry(p.name.clone()).or_insert(now.mono);
+            self.pods
+                .ready_since
+                .entry(p.name.clone())
+                .or_insert(now.mono);
         } else {
-            self.ready_since.remove(&p.name);
-            self.declined.remove(&p.name);
+            self.pods.ready_since.remove(&p.name);
+            self.pods.declined.remove(&p.name);
         }
         if p.labels.contains_key(&self.settings.keys.leader) && !foreign {
-            self.pods.insert(p.name.clone(), p);
+            self.pods.labeled.insert(p.name.clone(), p);
         } else {
-            self.pods.remove(&p.name);
+            self.pods.labeled.remove(&p.name);
         }
     }
 

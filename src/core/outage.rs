@@ -24,8 +24,8 @@ use super::*;
 
 impl Core {
     pub(super) fn contact_lost(&mut self, now: Instant) {
-        if self.contact_lost.is_none() {
-            self.contact_lost = Some(now);
+        if self.lease.contact_lost.is_none() {
+            self.lease.contact_lost = Some(now);
         }
     }
 
@@ -33,10 +33,10 @@ impl Core {
     /// silence we could not hear says nothing about its holder (it may have been cut off
     /// exactly as we were).
     pub(super) fn contact_restored(&mut self, now: Instant) {
-        let Some(since) = self.contact_lost.take() else {
+        let Some(since) = self.lease.contact_lost.take() else {
             return;
         };
-        if let LeaseView::Present(o) = &mut self.lease {
+        if let LeaseView::Present(o) = &mut self.lease.view {
             if o.observed_at < now {
                 o.observed_at = now;
             }

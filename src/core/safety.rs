@@ -96,8 +96,8 @@ impl Core {
             return;
         }
         let until = prev.expires_at();
-        if self.rivals_until.is_none_or(|t| t < until) {
-            self.rivals_until = Some(until);
+        if self.lease.rivals_until.is_none_or(|t| t < until) {
+            self.lease.rivals_until = Some(until);
         }
     }
 
@@ -108,10 +108,10 @@ impl Core {
     pub(super) fn first_lease_view(&mut self, lease: Option<&Lease>, now: Instant) {
         let record = lease.map(|l| &l.record);
         if record.is_none_or(|r| r.holder.is_empty() && !election::is_release(r)) {
-            if self.pods_listed {
+            if self.pods.listed {
                 self.wait_out_unseen_holder(now);
             } else {
-                self.unseen_holder_since = Some(now);
+                self.lease.unseen_holder_since = Some(now);
             }
         }
     }
@@ -122,12 +122,13 @@ impl Core {
         let me = &self.settings.me;
         if self
             .pods
+            .labeled
             .values()
             .any(|p| p.name != *me && keys.says_leader(p))
         {
             let until = since + self.settings.renew_deadline;
-            if self.rivals_until.is_none_or(|t| t < until) {
-                self.rivals_until = Some(until);
+            if self.lease.rivals_until.is_none_or(|t| t < until) {
+                self.lease.rivals_until = Some(until);
             }
         }
     }
@@ -137,7 +138,7 @@ impl Core {
     pub(super) fn plan_fencing(&mut self) {
         let me = self.settings.me.clone();
         let mut listed = BTreeSet::new();
-        listed.extend(self.pods.keys().filter(|n| **n != me).cloned());
+        listed.extend(self.pods.labeled.keys().filter(|n| **n != me).cloned());
         if let Role::Leader(l) = &mut self.role {
             if let Fencing::Listing { stamp, previous } = &l.fencing {
                 let mut pods = listed;
@@ -179,6 +180,7 @@ impl Core {
     ) -> Option<Fence> {
         let serving = |name: &str| {
             self.pods
+                .labeled
                 .get(name)
                 .is_some_and(|p| self.settings.keys.says_leader(p))
         };

@@ -429,7 +429,7 @@ fn forbidden_patch_backs_off() {
 fn own_pod_gone_means_leave() {
     let mut w = leader_with_follower();
     w.pods.remove(ME);
-    let own = w.core.own.clone().unwrap();
+    let own = w.core.pods.own.clone().unwrap();
     w.feed(Observation::PodGone(own));
     let actions = w.run();
     assert_eq!(actions.last(), Some(&Action::Exit(Exit::Clean)));
