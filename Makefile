@@ -32,11 +32,15 @@ control-plane: ## Build etcd + kube-apiserver for the tests (cached outside the 
 # tarball): the check `make image-check` runs, so make test does not run it twice.
 # The model checker's small bound keeps a core busy for half a minute: it runs on its own,
 # after the rest, so that the probe listener's 100 ms deadlines never share a core with it.
-test: control-plane ## Every test: unit, process, end-to-end against a real API server, a real node, image
+# Last, the traffic rig's short set (one rollout, one leader deletion through the
+# Service's ClusterIP; about 2 minutes warm): zero failed requests, none answered by a
+# non-leader outside the handover window.
+test: control-plane ## Every test: unit, process, end-to-end against a real API server, a real node, image, traffic through a Service
 	cargo build --examples
 	cargo test --tests -- --skip $(MODEL_SMALL)
 	cargo test --lib $(MODEL_SMALL)
 	cargo test --test node -- --test-threads=8 --skip $(NODE_LONG)
+	cargo test --test traffic -- short
 
 test-unit: ## Unit tests of the pure parts only (no cluster)
 	cargo test --lib --test cli

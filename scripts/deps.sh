@@ -17,9 +17,9 @@
 #                             and app image, and buildah to build that image
 #   scripts/deps.sh traffic   the node's, plus pod networking for the traffic rig: the CNI
 #                             reference plugins (Debian containernetworking-plugins:
-#                             bridge, host-local, loopback, portmap) and iptables for
-#                             kube-proxy and the bridge plugin (nftables for its other
-#                             mode, TRAFFIC_PROXY_MODE=nftables), conntrack for the
+#                             bridge, host-local, loopback, portmap), nftables for
+#                             kube-proxy and iptables for the bridge plugin (and for
+#                             kube-proxy's other mode, TRAFFIC_PROXY_MODE=iptables), conntrack for the
 #                             rig's counters of dropped connections
 set -euo pipefail
 

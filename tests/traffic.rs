@@ -1,7 +1,7 @@
 //! Real traffic through a real Service during real rolling updates: the shipped manifests
 //! on a one-node cluster (kube-scheduler, the Deployment, ReplicaSet and EndpointSlice
 //! controllers, the kubelet with containerd, runc and CNI pod networking, kube-proxy in
-//! iptables mode), all inside a network namespace this test creates
+//! nftables mode), all inside a network namespace this test creates
 //! (tests/support/traffic.rs). A client in that namespace sends requests to the
 //! Service's ClusterIP without pause, on new connections and on a kept-alive one.
 //!
@@ -320,6 +320,7 @@ fn main() {
     let json = serde_json::json!({
         "set": named.as_deref().unwrap_or("short"),
         "rate_per_client": RATE,
+        "kube_proxy_mode": traffic::proxy_mode(),
         "seconds": t0.elapsed().as_secs(),
         "scenarios": reports.iter().map(|r| r.json()).collect::<Vec<_>>(),
     });
@@ -390,6 +391,7 @@ fn bench_results(reports: &[traffic::Report], rollouts: usize) {
         .partition(|r| r.name.starts_with(BASELINE_PREFIX));
     let rows = serde_json::json!({
         "rate_per_client_per_second": RATE,
+        "kube_proxy_mode": traffic::proxy_mode(),
         "leader-labeler": summary(&ours, rollouts),
         "client-go": summary(&base, rollouts),
     });
@@ -404,8 +406,9 @@ fn bench_results(reports: &[traffic::Report], rollouts: usize) {
         serde_json::to_string_pretty(&results).unwrap() + "\n",
     )
     .unwrap();
+    let mode = traffic::proxy_mode();
     let mut md = format!(
-        "\n## Rolling update through a Service\n\n{rollouts} `kubectl rollout restart` and one leader deletion per implementation, the shipped manifests on one node with kube-proxy (iptables) and CNI pod networking; {RATE} requests/s on new connections and {RATE} on a kept-alive one, through the ClusterIP.\n\n| | leader-labeler | client-go |\n|---|---|---|\n"
+        "\n## Rolling update through a Service\n\n{rollouts} `kubectl rollout restart` and one leader deletion per implementation, the shipped manifests on one node with kube-proxy ({mode}) and CNI pod networking; {RATE} requests/s on new connections and {RATE} on a kept-alive one, through the ClusterIP.\n\n| | leader-labeler | client-go |\n|---|---|---|\n"
     );
     let cell = |v: &serde_json::Value| match v {
         serde_json::Value::Null => "n/a".to_string(),

@@ -12,7 +12,7 @@
 //!   the deployment, replicaset, endpointslice, serviceaccount and root-ca-cert-publisher
 //!   controllers, kube-scheduler.
 //! - Node: containerd + runc + the kubelet (support::node), pods on a CNI bridge with
-//!   host-local addresses, kube-proxy in iptables mode with its defaults.
+//!   host-local addresses, kube-proxy in nftables mode with its defaults.
 //! - The shipped deploy/rbac.yaml, deploy/deployment.yaml and deploy/service.yaml, with
 //!   only the image names rewritten (the app is examples/traffic_app.rs).
 //! - [`Recorder`]: the Lease, the pods and the EndpointSlices as watched, plus kube-proxy's
@@ -566,9 +566,18 @@ impl Rig {
     }
 }
 
-/// kube-proxy in iptables mode (or TRAFFIC_PROXY_MODE) with its defaults (minSyncPeriod
+/// kube-proxy's backend: nftables, or TRAFFIC_PROXY_MODE (iptables, its other one).
+pub fn proxy_mode() -> String {
+    std::env::var("TRAFFIC_PROXY_MODE").unwrap_or_else(|_| "nftables".into())
+}
+
+/// kube-proxy in nftables mode (or TRAFFIC_PROXY_MODE) with its defaults (minSyncPeriod
 /// 1 s, syncPeriod 30 s) but for what a network namespace allows: it leaves the conntrack
 /// table's global size and timeouts alone. Logs at -v=2 for "SyncProxyRules complete".
+/// nftables, not iptables: an iptables sync swaps the filter and nat tables one after the
+/// other, and a SYN between the two leaves an un-NATed conntrack entry that loses it and,
+/// for 120 s, every connection reusing its source port (docs/design.md); an nftables sync
+/// is one transaction.
 fn start_kube_proxy(cluster: &Cluster, bin: &Path) -> (Child, PathBuf) {
     let dir = &cluster.dir;
     let config = dir.join("kube-proxy.yaml");
@@ -592,8 +601,7 @@ conntrack:
 "#,
             kubeconfig = cluster.kubeconfig.display(),
             node = super::node::NODE_NAME,
-            // TRAFFIC_PROXY_MODE=nftables: kube-proxy's other backend.
-            mode = std::env::var("TRAFFIC_PROXY_MODE").unwrap_or_else(|_| "iptables".into()),
+            mode = proxy_mode(),
             metrics = super::cluster::free_port(),
             healthz = super::cluster::free_port(),
         ),
