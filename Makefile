@@ -102,10 +102,11 @@ bench: control-plane ## Benchmarks: leader-labeler side by side with a client-go
 fmt: ## Format the code
 	cargo fmt --all
 
-# --all-targets leaves out the test = false targets (node, traffic): named here.
+# --workspace: the harness crate (tests/harness) too. --all-targets leaves out the test =
+# false targets (node, traffic): named here.
 lint: ## rustfmt check and clippy with warnings as errors
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --test node --test traffic -- -D warnings
+	cargo clippy --workspace --all-targets --test node --test traffic -- -D warnings
 
 clean: ## Remove build output
 	cargo clean

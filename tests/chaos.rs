@@ -9,13 +9,11 @@
 //! CHAOS_DURATION underneath). A failing seed becomes a regression test by adding it to
 //! `REGRESSION_SEEDS` below.
 
-mod support;
-
+use harness::faults::{Fault, FaultProxy, Kind};
+use harness::PARTICIPANT_KEY;
+use harness::{Cluster, ClusterOptions, Namespace, Observer, Sidecar, SidecarOptions};
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime};
-use support::faults::{Fault, FaultProxy, Kind};
-use support::PARTICIPANT_KEY;
-use support::{Cluster, ClusterOptions, Namespace, Observer, Sidecar, SidecarOptions};
 
 const LEASE: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_millis(500);

@@ -3,13 +3,11 @@
 //! (lease 3s, renew deadline 2s, retry 500ms). An observer watching every pod fails any
 //! test in which two pods carry is-leader=true at any resourceVersion.
 
-mod support;
-
-use std::time::{Duration, Instant};
-use support::{
+use harness::{
     Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
     PARTICIPANT_KEY,
 };
+use std::time::{Duration, Instant};
 
 const SECOND: Duration = Duration::from_secs(1);
 

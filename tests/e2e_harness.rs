@@ -1,19 +1,17 @@
-//! Smoke tests of the end-to-end harness itself (tests/support): the control plane
+//! Smoke tests of the end-to-end harness itself (tests/harness): the control plane
 //! starts, a namespace gets the shipped RBAC and a working service-account token, pods
 //! are driven like a kubelet would, the observer sees label changes and catches two
 //! leaders, the proxy can cut and heal a connection, kube-apiserver restarts in place,
 //! the real binary runs as a sidecar with overridden flags, and the fault proxy
-//! (support/faults.rs) injects each of its faults exactly as documented.
+//! (tests/harness/src/faults.rs) injects each of its faults exactly as documented.
 
-mod support;
-
+use harness::api::{Api, MERGE};
+use harness::{
+    Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
+};
 use serde_json::json;
 use std::sync::mpsc;
 use std::time::Duration;
-use support::api::{Api, MERGE};
-use support::{
-    Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
-};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -141,7 +139,7 @@ fn proxy_stalls_and_heals_connections() {
     let through = Api::new(
         &proxy.url(),
         &cluster.ca_file(),
-        support::cluster::ADMIN_TOKEN,
+        harness::cluster::ADMIN_TOKEN,
     );
     assert_eq!(through.call("GET", "/readyz", None).0, 200);
 
@@ -213,16 +211,16 @@ fn sidecar_runs_with_overridden_flags() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The fault proxy (tests/support/faults.rs): each fault does what it says, against the
+// The fault proxy (tests/harness/src/faults.rs): each fault does what it says, against the
 // real kube-apiserver, observed from both sides (the client, and the server read
 // directly).
 
+use harness::cluster::ADMIN_TOKEN;
+use harness::faults::{classify, Fault, FaultProxy, Kind};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Instant;
-use support::cluster::ADMIN_TOKEN;
-use support::faults::{classify, Fault, FaultProxy, Kind};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

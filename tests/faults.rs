@@ -7,14 +7,12 @@
 //! "A claim in flight" is written by the test itself: the conditional `true` a cut-off
 //! old leader would have sent with the resourceVersion it last saw, arriving late.
 
-mod support;
-
+use harness::faults::{Fault, FaultProxy, Kind};
+use harness::{Cluster, Namespace, Observer, Sidecar, SidecarOptions, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::faults::{Fault, FaultProxy, Kind};
-use support::{Cluster, Namespace, Observer, Sidecar, SidecarOptions, LEADER_KEY, PARTICIPANT_KEY};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)

@@ -5,13 +5,11 @@
 //! admission plugin (its reinvocation mounts the token into the injected container).
 //! Whether the injected sidecar elects and hands over under a real kubelet: tests/node.rs.
 
-mod support;
-
+use harness::inject::{self, sidecars, ELECTION_LABEL, SIDECAR};
+use harness::{Cluster, ClusterOptions, Namespace};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use support::inject::{self, sidecars, ELECTION_LABEL, SIDECAR};
-use support::{Cluster, ClusterOptions, Namespace};
 
 const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -56,7 +54,7 @@ fn wait_pods(ns: &Namespace, selector: &str, n: usize) -> Vec<Value> {
             Instant::now() < deadline,
             "{} pods matching {selector} after 30 s, expected {n}:\n{}",
             items.len(),
-            support::cluster::tail(&ns.cluster.dir.join("kube-controller-manager.log"), 20)
+            harness::cluster::tail(&ns.cluster.dir.join("kube-controller-manager.log"), 20)
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -1,8 +1,8 @@
 //! The last layer: the shipped image and manifests under a real kubelet. containerd 1.6
 //! and runc from Debian, kubelet v1.36.3 built from Go modules, registered with a real
-//! control plane (see tests/support/node.rs). The image comes from the air-gap tarball
+//! control plane (see tests/harness/src/node.rs). The image comes from the air-gap tarball
 //! through `ctr -n k8s.io images import`; pods are the templates of deploy/*.yaml with only
-//! what a single loopback node needs changed (support::node::render), created with
+//! what a single loopback node needs changed (harness::node::render), created with
 //! nodeName set (no Deployment/StatefulSet controllers). The kubelet mounts the projected
 //! token, CA and namespace, runs the probes, sends SIGTERM and SIGKILL, and reports status.
 //!
@@ -10,13 +10,11 @@
 //! (the API server's minimum token lifetime is 10 minutes, the kubelet renews at 80%) and
 //! the other scenarios run beside it.
 
-mod support;
-
+use harness::inject::{self, sidecars, ELECTION_LABEL};
+use harness::node::{self, container, container_id, container_status, Manifest, Node};
+use harness::{Namespace, Observer, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::inject::{self, sidecars, ELECTION_LABEL};
-use support::node::{self, container, container_id, container_status, Manifest, Node};
-use support::{Namespace, Observer, LEADER_KEY, PARTICIPANT_KEY};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)

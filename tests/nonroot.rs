@@ -11,16 +11,14 @@
 //!   leader against the real control plane (needs root here, for a mount namespace and
 //!   setpriv; it fails, never skips, when that is not allowed).
 
-mod support;
-
+use harness::namespace::ELECTION;
+use harness::sidecar::FAST;
+use harness::{Cluster, Namespace, Observer, LEADER_KEY};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::namespace::ELECTION;
-use support::sidecar::FAST;
-use support::{Cluster, Namespace, Observer, LEADER_KEY};
 
 /// One container of a manifest, as far as these tests care.
 #[derive(Debug, Default)]
@@ -342,7 +340,7 @@ fn leads_as_an_arbitrary_uid_on_a_read_only_root() {
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    let child = support::process::spawn_scoped(cmd)
+    let child = harness::process::spawn_scoped(cmd)
         .unwrap_or_else(|e| panic!("cannot start unshare (util-linux): {e}"));
     let pid = child.id();
     p.child = Some(child);

@@ -7,15 +7,13 @@
 //! The outages stop the whole control plane, so these tests run one at a time on a
 //! control plane of their own.
 
-mod support;
-
+use harness::faults::{Fault, FaultProxy, Kind};
+use harness::{
+    Cluster, ClusterOptions, Namespace, Observer, Sidecar, SidecarOptions, PARTICIPANT_KEY,
+};
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use support::faults::{Fault, FaultProxy, Kind};
-use support::{
-    Cluster, ClusterOptions, Namespace, Observer, Sidecar, SidecarOptions, PARTICIPANT_KEY,
-};
 
 /// FAST timings of the harness: lease 3 s, retry 500 ms.
 const LEASE: Duration = Duration::from_secs(3);

@@ -3,11 +3,9 @@
 //! release, so the observer holds the usual promise (never two pods labeled leader) and
 //! the gap with no leader stays in milliseconds.
 
-mod support;
-
+use harness::{Cluster, Namespace, Observer, Sidecar, PARTICIPANT_KEY};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::{Cluster, Namespace, Observer, Sidecar, PARTICIPANT_KEY};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -69,7 +67,7 @@ fn failback_to_a_higher_priority_pod_after_the_hysteresis() {
     observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &args);
     observer.wait_until(secs(10), "pod-b labeled", |s| {
-        s.label("pod-b", support::LEADER_KEY) == Some("false")
+        s.label("pod-b", harness::LEADER_KEY) == Some("false")
     });
     ns.set_ready("pod-b", true);
     observer.wait_until(secs(10), "pod-b participates", |s| {
@@ -97,7 +95,7 @@ fn priority_zero_never_leads_even_when_it_is_the_only_ready_pod() {
     let observer = Observer::start(&ns);
     let a = Sidecar::spawn(&ns, "pod-a", &[]);
     observer.wait_until(secs(15), "pod-a a ready replica", |s| {
-        s.label("pod-a", support::LEADER_KEY) == Some("false")
+        s.label("pod-a", harness::LEADER_KEY) == Some("false")
             && s.label("pod-a", PARTICIPANT_KEY) == Some("true")
     });
     assert!(a.output().contains("priority is 0"), "{}", a.output());
@@ -113,7 +111,7 @@ fn priority_zero_never_leads_even_when_it_is_the_only_ready_pod() {
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
     observer.wait_for_leader("pod-b", secs(15));
     assert_eq!(
-        ns.label("pod-a", support::LEADER_KEY).as_deref(),
+        ns.label("pod-a", harness::LEADER_KEY).as_deref(),
         Some("false")
     );
     observer.assert_never_two_leaders();

@@ -2,10 +2,8 @@
 //! kube-controller-manager computes EndpointSlices from the labels the sidecars write,
 //! for the Service in deploy/service.yaml; the tests watch those EndpointSlices.
 
-mod support;
-
+use harness::{Cluster, EndpointWatcher, Namespace, Observer, Sidecar};
 use std::time::{Duration, Instant};
-use support::{Cluster, EndpointWatcher, Namespace, Observer, Sidecar};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -88,7 +86,7 @@ fn rolling_update_handover_keeps_one_endpoint() {
     let s = Sidecar::spawn(&f.ns, "pod-new", &[]);
     f.sidecars.push(s);
     f.observer.wait_until(secs(5), "pod-new participates", |s| {
-        s.label("pod-new", support::PARTICIPANT_KEY) == Some("true")
+        s.label("pod-new", harness::PARTICIPANT_KEY) == Some("true")
     });
     // The kubelet's part: the pod is deleted and its containers get SIGTERM.
     f.ns.delete_pod(&leader, 30);

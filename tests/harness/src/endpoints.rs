@@ -2,7 +2,7 @@
 //! and records the set of ready endpoint addresses after every event. Two ready
 //! addresses at once is recorded as a violation; windows with none are recorded as gaps.
 
-use super::namespace::Namespace;
+use crate::namespace::Namespace;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

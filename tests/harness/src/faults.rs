@@ -38,7 +38,7 @@
 //! Dropping the proxy stops it: every client and upstream socket is shut down, held
 //! requests are abandoned (never forwarded), and its threads are joined.
 
-use super::cluster::Cluster;
+use crate::cluster::Cluster;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -8,25 +8,48 @@
 //! The process dies with the test's thread (PR_SET_PDEATHSIG) and is killed on drop;
 //! when the test panics, its log is printed.
 
-use super::namespace::{Namespace, ELECTION};
-use super::process::{signal, spawn_scoped};
+use crate::namespace::{Namespace, ELECTION};
+use crate::process::{signal, spawn_scoped};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The binary under test: cargo's for integration tests, the release build otherwise
-/// (the demo example runs after `cargo build --release`).
-///
-/// `LEADER_LABELER_BIN` names another binary, e.g. an older build, to show that a test
-/// fails on it.
-pub fn bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("LEADER_LABELER_BIN") {
-        return p.into();
+/// The binary under test: `LEADER_LABELER_BIN` if set (e.g. an older build, to show that
+/// a test fails on it), else the `leader-labeler` cargo built beside the running program:
+/// `target/<profile>/deps/<test>` and `target/<profile>/examples/<example>` both find
+/// `target/<profile>/leader-labeler` (cargo builds it for the root package's integration
+/// tests; the demo example runs after `cargo build --release`). Panics naming the path
+/// looked at when it is missing.
+pub fn bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = match std::env::var_os("LEADER_LABELER_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => beside_current_exe(),
+        };
+        assert!(
+            path.is_file(),
+            "the sidecar binary is missing: {} (build it with `cargo build`, or set \
+             LEADER_LABELER_BIN to a leader-labeler binary)",
+            path.display()
+        );
+        path
+    })
+    .clone()
+}
+
+/// `target/<profile>/leader-labeler` for a program in `target/<profile>/{deps,examples}`.
+fn beside_current_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test program");
+    let mut dir = exe
+        .parent()
+        .expect("the test program's folder")
+        .to_path_buf();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
     }
-    match option_env!("CARGO_BIN_EXE_leader-labeler") {
-        Some(p) => p.into(),
-        None => concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/leader-labeler").into(),
-    }
+    dir.join("leader-labeler")
 }
 
 /// Test timings: lease 3s, renew deadline 2s, retry 500ms.
@@ -74,7 +97,7 @@ impl Sidecar {
         )
     }
 
-    /// Like `spawn`, optionally through another server URL (e.g. a [`super::Proxy`]'s).
+    /// Like `spawn`, optionally through another server URL (e.g. a [`crate::Proxy`]'s).
     pub fn spawn_with(ns: &Namespace, pod: &str, opts: SidecarOptions) -> Sidecar {
         // Many sidecars share this machine: each listens on a port of its own.
         let defaults = FAST.iter().copied().chain(["--http-address=127.0.0.1:0"]);

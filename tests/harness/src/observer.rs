@@ -10,7 +10,7 @@
 //! // dropping it asserts that two pods never carried the label at once
 //! ```
 
-use super::namespace::{Namespace, LEADER_KEY};
+use crate::namespace::{Namespace, LEADER_KEY};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

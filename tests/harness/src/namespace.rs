@@ -2,8 +2,8 @@
 //! deploy/rbac.yaml itself, a real service-account token from the TokenRequest API, and
 //! plain Pod objects whose readiness and deletion the test drives.
 
-use super::api::{Api, MERGE, STRATEGIC};
-use super::cluster::Cluster;
+use crate::api::{Api, MERGE, STRATEGIC};
+use crate::cluster::Cluster;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,7 +35,7 @@ pub struct Namespace<'c> {
 
 /// deploy/rbac.yaml with the namespace substituted.
 pub fn rbac_manifest(namespace: &str) -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"))
+    let text = std::fs::read_to_string(crate::repo_root().join("deploy/rbac.yaml"))
         .expect("deploy/rbac.yaml");
     text.replace("namespace: default", &format!("namespace: {namespace}"))
 }
@@ -275,7 +275,7 @@ impl<'c> Namespace<'c> {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "labels": {"app": "my-app"}},
                 "spec": {
-                    "nodeName": super::cluster::NODE,
+                    "nodeName": crate::cluster::NODE,
                     "serviceAccountName": SERVICE_ACCOUNT,
                     "terminationGracePeriodSeconds": grace,
                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]

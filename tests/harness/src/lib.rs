@@ -1,7 +1,12 @@
 //! The end-to-end harness: a real kube-apiserver and etcd, namespaces with the shipped
 //! RBAC, real service-account tokens, the real sidecar binary as processes, an observer
 //! that enforces the no-two-leaders rule, and a proxy that can cut a sidecar off.
-#![allow(dead_code)]
+//!
+//! A crate of its own (`leader-labeler-harness`, a dev-dependency of the root package),
+//! so every test file and example shares one build of it. It does not link the
+//! leader-labeler crate: it runs the binary (`sidecar::bin`).
+
+use std::path::PathBuf;
 
 pub mod api;
 pub mod cluster;
@@ -16,15 +21,16 @@ pub mod proxy;
 pub mod sidecar;
 pub mod traffic;
 
-#[allow(unused_imports)]
 pub use cluster::{Cluster, ClusterOptions};
-#[allow(unused_imports)]
 pub use endpoints::EndpointWatcher;
-#[allow(unused_imports)]
 pub use namespace::{Namespace, LEADER_KEY, PARTICIPANT_KEY};
-#[allow(unused_imports)]
 pub use observer::Observer;
-#[allow(unused_imports)]
 pub use proxy::Proxy;
-#[allow(unused_imports)]
 pub use sidecar::{Sidecar, SidecarOptions};
+
+/// The repository's root folder (this crate lives in `tests/harness`): deploy/,
+/// scripts/, tests/control-plane/ and target/ are found from here.
+pub fn repo_root() -> PathBuf {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    std::fs::canonicalize(root).unwrap_or_else(|e| panic!("repository root {root}: {e}"))
+}

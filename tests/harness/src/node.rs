@@ -21,10 +21,10 @@
 //! Files: `$TMPDIR/leader-labeler-node/<pid>/` (containerd, kubelet, pod logs, the logs
 //! `containerd.log`, `kubelet.log`, `events.log`).
 
-use super::api::Api;
-use super::cluster::{free_port, tail, Cluster, ClusterOptions};
-use super::namespace::Namespace;
-use super::process::{signal, spawn_long_lived};
+use crate::api::Api;
+use crate::cluster::{free_port, tail, Cluster, ClusterOptions};
+use crate::namespace::Namespace;
+use crate::process::{signal, spawn_long_lived};
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -112,18 +112,14 @@ extern "C" fn stop_at_exit() {
     }
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Runs a script of the repository; panics with its exit status (its stderr is
 /// inherited, so its message is in the test output). Returns stdout.
 fn script(path: &str, args: &[&str], env: &[(&str, &str)], why: &str) -> String {
     let mut cmd = Command::new("bash");
-    cmd.arg(repo().join(path))
+    cmd.arg(crate::repo_root().join(path))
         .args(args)
         .envs(env.iter().copied())
-        .current_dir(repo())
+        .current_dir(crate::repo_root())
         .stderr(Stdio::inherit());
     let out = cmd
         .output()
@@ -198,7 +194,7 @@ impl Prepared {
             .unwrap_or_default()
             .trim(),
         );
-        let version = std::fs::read_to_string(repo().join("Cargo.toml"))
+        let version = std::fs::read_to_string(crate::repo_root().join("Cargo.toml"))
             .unwrap()
             .lines()
             .find_map(|l| {
@@ -208,7 +204,7 @@ impl Prepared {
             })
             .expect("version in Cargo.toml");
         let image = format!("ghcr.io/middlendian/leader-labeler:{version}");
-        let tarball = repo().join(format!("target/leader-labeler-{version}.tar"));
+        let tarball = crate::repo_root().join(format!("target/leader-labeler-{version}.tar"));
         // The same script `make test` runs: static binary, image, --version inside it,
         // user 65532, and the air-gap tarball `make image-tar` writes.
         script(
@@ -1083,7 +1079,7 @@ pub const APP_SCRIPT: &str =
 /// The pod template of a shipped manifest (its Deployment or StatefulSet), as JSON,
 /// read with kubectl so the YAML is parsed the way users' kubectl parses it.
 pub fn template(cluster: &Cluster, manifest: Manifest) -> Value {
-    let text = std::fs::read_to_string(repo().join(manifest.file())).unwrap();
+    let text = std::fs::read_to_string(crate::repo_root().join(manifest.file())).unwrap();
     cluster
         .manifest_objects(&text, manifest.file())
         .into_iter()
