@@ -3,6 +3,7 @@
 //! (lease 3s, renew deadline 2s, retry 500ms). An observer watching every pod fails any
 //! test in which two pods carry is-leader=true at any resourceVersion.
 
+use harness::{secs, start};
 use harness::{
     Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
     PARTICIPANT_KEY,
@@ -11,29 +12,7 @@ use std::time::{Duration, Instant};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
 /// Ready pods with a sidecar each, and the observer; waits for the first leader.
-fn start<'c>(ns: &Namespace<'c>, pods: &[&str]) -> (Observer, Vec<Sidecar>, String) {
-    for p in pods {
-        ns.create_pod(p, true);
-    }
-    let observer = Observer::start(ns);
-    let sidecars: Vec<_> = pods.iter().map(|p| Sidecar::spawn(ns, p, &[])).collect();
-    let leader = observer.wait_for_single_leader(secs(15));
-    let n = pods.len();
-    observer.wait_until(secs(10), "all pods participate", |s| {
-        s.pods
-            .values()
-            .filter(|p| p.labels.get(PARTICIPANT_KEY).map(String::as_str) == Some("true"))
-            .count()
-            == n
-    });
-    (observer, sidecars, leader)
-}
-
 fn by_pod<'a>(sidecars: &'a mut [Sidecar], pod: &str) -> &'a mut Sidecar {
     sidecars.iter_mut().find(|s| s.pod == pod).expect("sidecar")
 }

@@ -6,16 +6,13 @@
 //! (tests/harness/src/faults.rs) injects each of its faults exactly as documented.
 
 use harness::api::{Api, MERGE};
+use harness::secs;
 use harness::{
     Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
 };
 use serde_json::json;
 use std::sync::mpsc;
 use std::time::Duration;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 fn is_ready(pod: &serde_json::Value) -> bool {
     pod["status"]["conditions"].as_array().is_some_and(|cs| {

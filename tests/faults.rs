@@ -8,15 +8,12 @@
 //! old leader would have sent with the resourceVersion it last saw, arriving late.
 
 use harness::faults::{Fault, FaultProxy, Kind};
+use harness::secs;
 use harness::{Cluster, Namespace, Observer, Sidecar, SidecarOptions, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 const MERGE: &str = "application/merge-patch+json";
 

@@ -12,13 +12,10 @@
 
 use harness::inject::{self, sidecars, ELECTION_LABEL};
 use harness::node::{self, container, container_id, container_status, Manifest, Node};
+use harness::secs;
 use harness::{Namespace, Observer, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 /// Creates pods from a manifest's template (each edited by `edit`), waits until the
 /// kubelet reports them Ready and one of them leads. Returns the observer, the leader

@@ -3,13 +3,10 @@
 //! release, so the observer holds the usual promise (never two pods labeled leader) and
 //! the gap with no leader stays in milliseconds.
 
+use harness::{secs, wait};
 use harness::{Cluster, Namespace, Observer, Sidecar, PARTICIPANT_KEY};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 const MERGE: &str = "application/merge-patch+json";
 
@@ -44,14 +41,6 @@ fn events(ns: &Namespace, reason: &str) -> Vec<String> {
         .filter(|e| e["reason"] == reason)
         .map(|e| format!("{reason}: {}", e["message"].as_str().unwrap_or("")))
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -142,7 +131,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
     let gap = longest_gap_after(&observer, asked);
     eprintln!("switchover: pod-c led {took:?} after the request; leaderless for {gap:?}");
     assert!(gap < Duration::from_millis(500), "no leader for {gap:?}");
-    wait_for("HandedOver event", secs(10), || {
+    wait::until("HandedOver event", secs(10), || {
         events(&ns, "HandedOver")
             .iter()
             .any(|e| e.contains("pod-c") && e.contains("switchover"))
@@ -161,12 +150,12 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
     });
     for target in ["pod-b", "pod-nope"] {
         ns.annotate_lease("my-app/switchover-to", target);
-        wait_for(&format!("refusal of {target}"), secs(10), || {
+        wait::until(&format!("refusal of {target}"), secs(10), || {
             events(&ns, "SwitchoverRefused")
                 .iter()
                 .any(|e| e.contains(target))
         });
-        wait_for("the request removed", secs(10), || {
+        wait::until("the request removed", secs(10), || {
             ns.get_lease().unwrap()["metadata"]["annotations"]
                 .get("my-app/switchover-to")
                 .is_none()

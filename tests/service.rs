@@ -2,12 +2,9 @@
 //! kube-controller-manager computes EndpointSlices from the labels the sidecars write,
 //! for the Service in deploy/service.yaml; the tests watch those EndpointSlices.
 
+use harness::secs;
 use harness::{Cluster, EndpointWatcher, Namespace, Observer, Sidecar};
 use std::time::{Duration, Instant};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 struct Fixture<'c> {
     ns: Namespace<'c>,

@@ -26,12 +26,9 @@
 //! leader deleted, the leader's app unready, a switchover). Not a libtest harness: the
 //! process enters its network namespace before any thread starts.
 
+use harness::secs;
 use harness::traffic::{self, now, Client, Recorder, Rig};
 use std::time::Duration;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 /// Requests per second, per client.
 const RATE: u32 = 50;

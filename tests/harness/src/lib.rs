@@ -7,6 +7,7 @@
 //! leader-labeler crate: it runs the binary (`sidecar::bin`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub mod api;
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod process;
 pub mod proxy;
 pub mod sidecar;
 pub mod traffic;
+pub mod wait;
 
 pub use cluster::{Cluster, ClusterOptions};
 pub use endpoints::EndpointWatcher;
@@ -33,4 +35,26 @@ pub use sidecar::{Sidecar, SidecarOptions};
 pub fn repo_root() -> PathBuf {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     std::fs::canonicalize(root).unwrap_or_else(|e| panic!("repository root {root}: {e}"))
+}
+
+/// `Duration::from_secs`, short for the tests' timeouts.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Creates `pods` (ready), starts the observer and one sidecar per pod (fast timings),
+/// and returns once one of them leads and every pod is labeled a participant: the
+/// observer, the sidecars in the order of `pods`, and the leader's name.
+pub fn start(ns: &Namespace, pods: &[&str]) -> (Observer, Vec<Sidecar>, String) {
+    for p in pods {
+        ns.create_pod(p, true);
+    }
+    let observer = Observer::start(ns);
+    let sidecars: Vec<_> = pods.iter().map(|p| Sidecar::spawn(ns, p, &[])).collect();
+    let leader = observer.wait_for_single_leader(secs(15));
+    observer.wait_until(secs(10), "all pods participate", |s| {
+        pods.iter()
+            .all(|p| s.label(p, PARTICIPANT_KEY) == Some("true"))
+    });
+    (observer, sidecars, leader)
 }

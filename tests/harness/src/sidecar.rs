@@ -10,6 +10,7 @@
 
 use crate::namespace::{Namespace, ELECTION};
 use crate::process::{signal, spawn_scoped};
+use crate::wait;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -206,22 +207,22 @@ impl Sidecar {
 
     /// The port of the HTTP endpoints, from the start-up log line.
     pub fn http_port(&self) -> u16 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.output();
-            if let Some(line) = out.lines().find(|l| l.contains("serving /healthz")) {
-                return line
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse().ok())
-                    .expect("port in the serving line");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no HTTP listener line in:\n{out}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("the HTTP listener line in {}", self.log.display());
+        let line = wait::until_every(
+            &what,
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let out = self.output();
+                out.lines()
+                    .find(|l| l.contains("serving /healthz"))
+                    .map(str::to_string)
+            },
+        );
+        line.rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("port in the serving line")
     }
 
     /// GET on the sidecar's HTTP endpoints: (status code, body).

@@ -18,8 +18,8 @@
 //!
 //! Tests never sleep and hope: every request is a [`Record`] in a log, updated as it
 //! progresses (arrived, held, forwarded, answered by the server, answered to the
-//! client), and [`FaultProxy::wait_for`] / [`FaultProxy::wait_count`] block on a Condvar
-//! until what the test expects has happened.
+//! client), and [`FaultProxy::wait_for`] / [`FaultProxy::wait_count`] wait on the log
+//! (a [`crate::wait::Watched`]) until what the test expects has happened.
 //!
 //! ```ignore
 //! let proxy = FaultProxy::start(cluster);
@@ -47,10 +47,11 @@ mod serve;
 mod upstream;
 
 use crate::cluster::Cluster;
+use crate::wait::{timed_out, Watched};
 use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -227,8 +228,7 @@ pub struct FaultProxy {
 struct Shared {
     upstream_port: u16,
     tls: Arc<rustls::ClientConfig>,
-    state: Mutex<State>,
-    changed: Condvar,
+    state: Watched<State>,
     stop: AtomicBool,
     sockets: Mutex<HashMap<u64, TcpStream>>,
     next_socket: AtomicU64,
@@ -277,8 +277,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream_port: cluster.port,
             tls: Arc::new(tls),
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            state: Watched::new(State::default()),
             stop: AtomicBool::new(false),
             sockets: Mutex::new(HashMap::new()),
             next_socket: AtomicU64::new(0),
@@ -318,7 +317,7 @@ impl FaultProxy {
             Some(f) => st.persistent.insert(kind, f),
             None => st.persistent.remove(&kind),
         };
-        self.shared.changed.notify_all();
+        self.shared.state.notify();
     }
 
     /// Queues `fault` for the next request of `kind` only (before the persistent one).
@@ -329,7 +328,7 @@ impl FaultProxy {
             .entry(kind)
             .or_default()
             .push_back(fault);
-        self.shared.changed.notify_all();
+        self.shared.state.notify();
     }
 
     /// Removes every fault, persistent and queued; releases every stall.
@@ -338,7 +337,7 @@ impl FaultProxy {
         st.persistent.clear();
         st.once.clear();
         st.generation += 1;
-        self.shared.changed.notify_all();
+        self.shared.state.notify();
     }
 
     /// Requests of `kind` seen so far (counted on arrival, before any fault).
@@ -353,10 +352,10 @@ impl FaultProxy {
 
     /// Blocks until `count(kind) >= n`; returns the count. Panics after `timeout`.
     pub fn wait_count(&self, kind: Kind, n: usize, timeout: Duration) -> usize {
-        let st = self.wait_state(timeout, &format!("{n} {kind:?} requests"), |st| {
-            st.counts.get(&kind).copied().unwrap_or(0) >= n
-        });
-        st.counts.get(&kind).copied().unwrap_or(0)
+        self.wait_state(timeout, &format!("{n} {kind:?} requests"), |st| {
+            let seen = st.counts.get(&kind).copied().unwrap_or(0);
+            (seen >= n).then_some(seen)
+        })
     }
 
     /// Blocks until a record of `kind` satisfies `pred` (checked on every change) and
@@ -368,37 +367,31 @@ impl FaultProxy {
         what: &str,
         pred: impl Fn(&Record) -> bool,
     ) -> Record {
-        let found = |st: &State| st.log.iter().find(|r| r.kind.is(kind) && pred(r)).cloned();
-        let st = self.wait_state(timeout, what, |st| found(st).is_some());
-        found(&st).unwrap()
+        self.wait_state(timeout, what, |st| {
+            st.log.iter().find(|r| r.kind.is(kind) && pred(r)).cloned()
+        })
     }
 
-    fn wait_state(
+    /// Waits (woken by every change) until `done` returns Some; panics after `timeout`
+    /// naming `what`, with the log.
+    fn wait_state<R>(
         &self,
         timeout: Duration,
         what: &str,
-        done: impl Fn(&State) -> bool,
-    ) -> MutexGuard<'_, State> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        while !done(&st) {
-            let now = Instant::now();
-            if now >= deadline {
+        done: impl Fn(&State) -> Option<R>,
+    ) -> R {
+        match self.shared.state.try_wait_until(timeout, done) {
+            Ok(r) => r,
+            Err(st) => {
                 let log: Vec<String> = st.log.iter().map(|r| format!("{r:?}")).collect();
                 drop(st);
                 panic!(
-                    "fault proxy: not within {timeout:?}: {what}; log:\n{}",
+                    "fault proxy: {}; log:\n{}",
+                    timed_out(what, timeout),
                     log.join("\n")
                 );
             }
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap()
-                .0;
         }
-        st
     }
 }
 
@@ -408,7 +401,7 @@ impl Drop for FaultProxy {
         {
             // Under the lock: a thread between its stop check and its wait sees it.
             let _st = self.shared.lock();
-            self.shared.changed.notify_all();
+            self.shared.state.notify();
         }
         for s in self.shared.sockets.lock().unwrap().values() {
             let _ = s.shutdown(Shutdown::Both);
@@ -427,7 +420,7 @@ impl Drop for FaultProxy {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     fn stopped(&self) -> bool {
@@ -437,7 +430,7 @@ impl Shared {
     fn update(&self, seq: usize, f: impl FnOnce(&mut Record)) {
         let mut st = self.lock();
         f(&mut st.log[seq]);
-        self.changed.notify_all();
+        self.state.notify();
     }
 
     /// Counts and logs a new request and picks its fault.
@@ -470,7 +463,7 @@ impl Shared {
             done: false,
             at: Instant::now(),
         });
-        self.changed.notify_all();
+        self.state.notify();
         (seq, fault, source)
     }
 
@@ -508,16 +501,16 @@ impl Shared {
             if now != Some(Fault::Stall) {
                 if held {
                     st.log[seq].held = false;
-                    self.changed.notify_all();
+                    self.state.notify();
                 }
                 return Ok(now);
             }
             if !held {
                 held = true;
                 st.log[seq].held = true;
-                self.changed.notify_all();
+                self.state.notify();
             }
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.state.wait(st, None);
         }
     }
 
@@ -533,11 +526,7 @@ impl Shared {
             if now >= deadline {
                 return true;
             }
-            st = self
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.state.wait(st, Some(deadline - now));
         }
     }
 
