@@ -263,10 +263,7 @@ impl<'c> Chaos<'c> {
 
     /// Someone edits the Lease by hand.
     fn hand_edit(&mut self) {
-        let path = format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
-            self.ns.name
-        );
+        let path = self.ns.lease_path();
         let Some(mut lease) = self.ns.get_lease() else {
             return;
         };

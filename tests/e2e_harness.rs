@@ -6,7 +6,7 @@
 //! (tests/harness/src/faults.rs) injects each of its faults exactly as documented.
 
 use harness::api::{Api, MERGE};
-use harness::secs;
+use harness::{secs, ELECTION};
 use harness::{
     Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
 };
@@ -65,7 +65,7 @@ fn namespace_pods_token_rbac_and_observer() {
     let (code, _) = sa.call("GET", "/api/v1/namespaces/default/pods", None);
     assert_eq!(code, 403, "the SA may not read other namespaces");
     assert!(ns.sa_can("create", "leases", None));
-    assert!(ns.sa_can("update", "leases", Some("my-app")));
+    assert!(ns.sa_can("update", "leases", Some(ELECTION)));
     assert!(!ns.sa_can("update", "leases", Some("other")));
     assert!(ns.get_lease().is_none());
 
@@ -126,7 +126,7 @@ fn missing_permission_is_applied_and_visible() {
     ns.apply_role_without("patch", "pods");
     assert!(!ns.sa_can("patch", "pods", None));
     assert!(ns.sa_can("get", "pods", None), "the other verbs stay");
-    assert!(ns.sa_can("update", "leases", Some("my-app")));
+    assert!(ns.sa_can("update", "leases", Some(ELECTION)));
 }
 
 #[test]
@@ -390,21 +390,21 @@ fn fault_proxy_classifies_requests() {
     let p = "/api/v1/namespaces/ns/pods";
     for (method, target, kind) in [
         ("POST", l, Kind::LeaseWrite),
-        ("PUT", &format!("{l}/my-app") as &str, Kind::LeaseWrite),
-        ("PATCH", &format!("{l}/my-app"), Kind::LeaseWrite),
-        ("DELETE", &format!("{l}/my-app"), Kind::LeaseWrite),
-        ("GET", &format!("{l}/my-app"), Kind::LeaseRead),
+        ("PUT", &format!("{l}/{ELECTION}") as &str, Kind::LeaseWrite),
+        ("PATCH", &format!("{l}/{ELECTION}"), Kind::LeaseWrite),
+        ("DELETE", &format!("{l}/{ELECTION}"), Kind::LeaseWrite),
+        ("GET", &format!("{l}/{ELECTION}"), Kind::LeaseRead),
         ("GET", l, Kind::LeaseRead),
         (
             "GET",
-            &format!("{l}?fieldSelector=metadata.name%3Dmy-app&watch=true&resourceVersion=5"),
+            &format!("{l}?fieldSelector=metadata.name%3D{ELECTION}&watch=true&resourceVersion=5"),
             Kind::LeaseWatch,
         ),
         ("GET", &format!("{l}?watch=1"), Kind::LeaseWatch),
         ("GET", &format!("{l}?watch=false"), Kind::LeaseRead),
         (
             "GET",
-            "/apis/coordination.k8s.io/v1/watch/namespaces/ns/leases/my-app",
+            &format!("/apis/coordination.k8s.io/v1/watch/namespaces/ns/leases/{ELECTION}"),
             Kind::LeaseWatch,
         ),
         ("PATCH", &format!("{p}/pod-a"), Kind::PodWrite),

@@ -8,6 +8,7 @@
 //! old leader would have sent with the resourceVersion it last saw, arriving late.
 
 use harness::faults::{Fault, FaultProxy, Kind};
+use harness::namespace::{ELECTION, SWITCHOVER_KEY};
 use harness::secs;
 use harness::{Cluster, Namespace, Observer, Sidecar, SidecarOptions, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
@@ -154,7 +155,7 @@ fn fence_changes_the_pod_even_when_the_lease_was_recreated() {
     ns.api.post(
         &format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", ns.name),
         &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": "my-app"},
+                "metadata": {"name": ELECTION},
                 "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 3,
                          "leaseTransitions": 0, "acquireTime": now, "renewTime": now}}),
     );
@@ -324,7 +325,7 @@ fn next_renewal(ns: &Namespace, holder: &str) -> Value {
     let stop = Arc::new(AtomicBool::new(false));
     let mut found = None;
     let url = format!(
-        "/apis/coordination.k8s.io/v1/namespaces/{}/leases?fieldSelector=metadata.name%3Dmy-app&watch=true&resourceVersion={from}",
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases?fieldSelector=metadata.name%3D{ELECTION}&watch=true&resourceVersion={from}",
         ns.name
     );
     let deadline = Instant::now() + secs(10);
@@ -566,7 +567,7 @@ fn a_refused_release_is_tried_again_within_a_retry_period() {
     );
     pa.set(Kind::LeaseWrite, Some(Fault::Busy(429, 30)));
     let seen = pa.count(Kind::LeaseWrite);
-    ns.annotate_lease("my-app/switchover-to", "pod-b");
+    ns.annotate_lease(SWITCHOVER_KEY, "pod-b");
     // The release and the writes after it refused: the leader keeps trying.
     let tried = pa.wait_count(Kind::LeaseWrite, seen + 3, secs(10));
     assert!(

@@ -6,7 +6,7 @@
 //! Whether the injected sidecar elects and hands over under a real kubelet: tests/node.rs.
 
 use harness::inject::{self, sidecars, ELECTION_LABEL, SIDECAR};
-use harness::{Cluster, ClusterOptions, Namespace};
+use harness::{Cluster, ClusterOptions, Namespace, ELECTION, LEADER_KEY};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -136,7 +136,11 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
             "{name}: the policy's image is this version"
         );
         assert_eq!(s["imagePullPolicy"], "IfNotPresent", "{name}");
-        assert_eq!(s["args"], json!(["--election-name=my-app"]), "{name}");
+        assert_eq!(
+            s["args"],
+            json!([format!("--election-name={ELECTION}")]),
+            "{name}"
+        );
         for field in [
             "restartPolicy",
             "args",
@@ -199,16 +203,19 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
     for pod in &new {
         assert_eq!(
             sidecar_of(pod)["args"],
-            json!(["--election-name=my-app", "--lease-duration=12s"])
+            json!([
+                format!("--election-name={ELECTION}"),
+                "--lease-duration=12s"
+            ])
         );
     }
 
     // An update of an injected pod (as the sidecar's own label patches are) succeeds and
     // adds nothing.
     let name = pods[0]["metadata"]["name"].as_str().unwrap();
-    ns.set_label(name, "my-app/is-leader", "true");
+    ns.set_label(name, LEADER_KEY, "true");
     let pod = ns.get_pod(name);
-    assert_eq!(pod["metadata"]["labels"]["my-app/is-leader"], "true");
+    assert_eq!(pod["metadata"]["labels"][LEADER_KEY], "true");
     assert_eq!(sidecar_of(&pod), sidecar_of(&pods[0]));
     eprintln!(
         "inject: {} pods of the Deployment and {} of its rollout, one sidecar each",
@@ -247,7 +254,7 @@ fn a_hand_written_sidecar_is_left_alone() {
             json!({}),
         );
         let hand = json!({"name": SIDECAR, "image": "registry.invalid/mine:1",
-                          "args": ["--election-name=my-app"]});
+                          "args": [format!("--election-name={ELECTION}")]});
         if list == "initContainers" {
             let mut hand = hand;
             hand["restartPolicy"] = json!("Always");
@@ -266,7 +273,11 @@ fn a_hand_written_sidecar_is_left_alone() {
             .find(|c| c["name"] == SIDECAR)
             .unwrap();
         assert_eq!(s["image"], "registry.invalid/mine:1", "{list}");
-        assert_eq!(s["args"], json!(["--election-name=my-app"]), "{list}");
+        assert_eq!(
+            s["args"],
+            json!([format!("--election-name={ELECTION}")]),
+            "{list}"
+        );
     }
 }
 
@@ -352,7 +363,7 @@ fn a_bad_election_label_is_refused_with_a_clear_message() {
     ))
     .unwrap();
     let bad = example.replace(
-        "leader-labeler.io/election: my-app",
+        &format!("{ELECTION_LABEL}: {ELECTION}"),
         "leader-labeler.io/election: My_App",
     );
     assert_ne!(bad, example);

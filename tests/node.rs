@@ -12,7 +12,7 @@
 
 use harness::inject::{self, sidecars, ELECTION_LABEL};
 use harness::node::{self, container, container_id, container_status, Manifest, Node};
-use harness::secs;
+use harness::{secs, ELECTION};
 use harness::{Namespace, Observer, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -622,7 +622,7 @@ fn injected_sidecars_elect_and_hand_over_on_deletion() {
         .as_array_mut()
         .unwrap()
         .retain(|c| c["name"] != "leader-labeler");
-    template["metadata"]["labels"][ELECTION_LABEL] = json!("my-app");
+    template["metadata"]["labels"][ELECTION_LABEL] = json!(ELECTION);
     let names = ["pod-a", "pod-b"];
     let (observer, leader) = start_pods_from(n, &ns, &template, &names, |pod| {
         pod["metadata"]["annotations"] = json!({

@@ -156,10 +156,7 @@ fn leader_killed_during_an_outage_is_replaced_a_lease_after_it() {
         .sigkill();
     std::thread::sleep(LEASE * 2);
     // The outage ends when kube-apiserver first answers, a while before /readyz says so.
-    let path = format!(
-        "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
-        ns.name
-    );
+    let path = ns.lease_path();
     let api = c.api.clone();
     let first_answer = std::thread::spawn(move || loop {
         if api.call("GET", &path, None).0 == 200 {

@@ -3,6 +3,7 @@
 //! release, so the observer holds the usual promise (never two pods labeled leader) and
 //! the gap with no leader stays in milliseconds.
 
+use harness::namespace::{PRIORITY_KEY, SWITCHOVER_KEY};
 use harness::{secs, wait};
 use harness::{Cluster, Namespace, Observer, Sidecar, PARTICIPANT_KEY};
 use serde_json::json;
@@ -49,7 +50,7 @@ fn failback_to_a_higher_priority_pod_after_the_hysteresis() {
     let ns = Namespace::new(cluster, "failback");
     ns.create_pod("pod-a", true);
     ns.create_pod("pod-b", false);
-    annotate_pod(&ns, "pod-b", "my-app/priority", "5");
+    annotate_pod(&ns, "pod-b", PRIORITY_KEY, "5");
     let observer = Observer::start(&ns);
     let args = ["--failback-after=3s"];
     let _a = Sidecar::spawn(&ns, "pod-a", &args);
@@ -80,7 +81,7 @@ fn priority_zero_never_leads_even_when_it_is_the_only_ready_pod() {
     let cluster = Cluster::shared();
     let ns = Namespace::new(cluster, "prio-zero");
     ns.create_pod("pod-a", true);
-    annotate_pod(&ns, "pod-a", "my-app/priority", "0");
+    annotate_pod(&ns, "pod-a", PRIORITY_KEY, "0");
     let observer = Observer::start(&ns);
     let a = Sidecar::spawn(&ns, "pod-a", &[]);
     observer.wait_until(secs(15), "pod-a a ready replica", |s| {
@@ -125,7 +126,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
     });
     // To pod-c, past pod-b (which would win a free-for-all as often as not).
     let asked = Instant::now();
-    ns.annotate_lease("my-app/switchover-to", "pod-c");
+    ns.annotate_lease(SWITCHOVER_KEY, "pod-c");
     observer.wait_for_leader("pod-c", secs(5));
     let took = asked.elapsed();
     let gap = longest_gap_after(&observer, asked);
@@ -139,7 +140,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
     let lease = ns.get_lease().unwrap();
     assert!(
         lease["metadata"]["annotations"]
-            .get("my-app/switchover-to")
+            .get(SWITCHOVER_KEY)
             .is_none(),
         "request left on the Lease: {lease}"
     );
@@ -149,7 +150,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
         s.label("pod-b", PARTICIPANT_KEY).is_none()
     });
     for target in ["pod-b", "pod-nope"] {
-        ns.annotate_lease("my-app/switchover-to", target);
+        ns.annotate_lease(SWITCHOVER_KEY, target);
         wait::until(&format!("refusal of {target}"), secs(10), || {
             events(&ns, "SwitchoverRefused")
                 .iter()
@@ -157,7 +158,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
         });
         wait::until("the request removed", secs(10), || {
             ns.get_lease().unwrap()["metadata"]["annotations"]
-                .get("my-app/switchover-to")
+                .get(SWITCHOVER_KEY)
                 .is_none()
         });
         assert_eq!(observer.leader().as_deref(), Some("pod-c"));

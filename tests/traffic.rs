@@ -26,6 +26,7 @@
 //! leader deleted, the leader's app unready, a switchover). Not a libtest harness: the
 //! process enters its network namespace before any thread starts.
 
+use harness::namespace::{ELECTION, SWITCHOVER_KEY};
 use harness::secs;
 use harness::traffic::{self, now, Client, Recorder, Rig};
 use std::time::Duration;
@@ -145,8 +146,8 @@ fn switchover(rig: &Rig, client: &Client, actions: &mut Vec<f64>) {
     rig.kubectl(&[
         "annotate",
         "lease",
-        "my-app",
-        &format!("my-app/switchover-to={to}"),
+        ELECTION,
+        &format!("{SWITCHOVER_KEY}={to}"),
         "--overwrite",
     ]);
     let deadline = std::time::Instant::now() + secs(30);

@@ -25,7 +25,7 @@ pub mod wait;
 
 pub use cluster::{Cluster, ClusterOptions};
 pub use endpoints::EndpointWatcher;
-pub use namespace::{Namespace, LEADER_KEY, PARTICIPANT_KEY};
+pub use namespace::{Namespace, ELECTION, LEADER_KEY, PARTICIPANT_KEY};
 pub use observer::Observer;
 pub use proxy::Proxy;
 pub use sidecar::{Sidecar, SidecarOptions};

@@ -16,6 +16,10 @@ pub const ELECTION: &str = "my-app";
 pub const LEADER_KEY: &str = "my-app/is-leader";
 /// The participation label the sidecar writes by default.
 pub const PARTICIPANT_KEY: &str = "my-app/participant";
+/// The Lease annotation that asks for a switchover to the pod it names.
+pub const SWITCHOVER_KEY: &str = "my-app/switchover-to";
+/// The pod annotation that gives a pod's leadership priority.
+pub const PRIORITY_KEY: &str = "my-app/priority";
 /// The ServiceAccount deploy/rbac.yaml creates.
 pub const SERVICE_ACCOUNT: &str = "leader-labeler";
 
@@ -338,7 +342,7 @@ impl<'c> Namespace<'c> {
         self.get_lease_named(ELECTION)
     }
 
-    /// The API path of the election's Lease.
+    /// The API path of the election's Lease ([`ELECTION`] in this namespace).
     pub fn lease_path(&self) -> String {
         format!(
             "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{ELECTION}",
