@@ -115,7 +115,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
         ns.create_pod(p, true);
     }
     let observer = Observer::start(&ns);
-    let _a = Sidecar::spawn(&ns, "pod-a", &[]);
+    let a = Sidecar::spawn(&ns, "pod-a", &[]);
     observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
     let _c = Sidecar::spawn(&ns, "pod-c", &[]);
@@ -124,6 +124,13 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
             .iter()
             .all(|p| s.label(p, PARTICIPANT_KEY) == Some("true"))
     });
+    // The leader refuses a switchover to a pod it does not know as a participant yet:
+    // wait until its own view (/leader) lists pod-c, not only pod-c's label.
+    wait::until(
+        "the leader (pod-a) to list pod-c among its participants",
+        secs(10),
+        || a.participants().iter().any(|p| p == "pod-c"),
+    );
     // To pod-c, past pod-b (which would win a free-for-all as often as not).
     let asked = Instant::now();
     ns.annotate_lease(SWITCHOVER_KEY, "pod-c");

@@ -244,6 +244,21 @@ impl Sidecar {
         (code, body)
     }
 
+    /// The `/leader` document (pod, isLeader, leader, participants, draining); None while
+    /// it does not answer with JSON.
+    pub fn leader_doc(&self) -> Option<serde_json::Value> {
+        let (code, body) = self.http_get("/leader");
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// The ready participants this sidecar knows of (`/leader`'s `participants`), itself
+    /// included when it participates; empty while it does not answer.
+    pub fn participants(&self) -> Vec<String> {
+        self.leader_doc()
+            .and_then(|d| serde_json::from_value(d["participants"].clone()).ok())
+            .unwrap_or_default()
+    }
+
     /// Everything it printed so far (stdout and stderr).
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
