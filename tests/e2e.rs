@@ -26,7 +26,8 @@ fn is_micro_time(v: &serde_json::Value) -> bool {
         && s[20..26].bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Scenario 1.
+/// Three ready pods: exactly one leads (`true`), the others say `false`, all participate;
+/// the Lease names the leader with MicroTime stamps, and the leader renews it.
 #[test]
 fn three_ready_pods_elect_exactly_one_leader() {
     let cluster = Cluster::shared();
@@ -71,7 +72,8 @@ fn three_ready_pods_elect_exactly_one_leader() {
     }
 }
 
-/// Scenario 2.
+/// Only ready pods participate and lead: an unready pod is labeled `false` and joins when
+/// ready; a leader that turns unready hands over within a second and rejoins as follower.
 #[test]
 fn readiness_gates_participation_and_leadership() {
     let cluster = Cluster::shared();
@@ -114,7 +116,8 @@ fn readiness_gates_participation_and_leadership() {
     assert_eq!(observer.leader().as_deref(), Some("pod-a"));
 }
 
-/// Scenario 3.
+/// A follower's SIGTERM: it exits within a second, its participation label goes, and the
+/// leader's labels are never touched.
 #[test]
 fn follower_sigterm_leaves_within_a_second() {
     let cluster = Cluster::shared();
@@ -140,7 +143,8 @@ fn follower_sigterm_leaves_within_a_second() {
     );
 }
 
-/// Scenario 4.
+/// The leader's SIGTERM hands over to the other pod with one leaderless gap under a
+/// second; the old leader exits 0 labeled `false`.
 #[test]
 fn leader_sigterm_hands_over_in_under_a_second() {
     let cluster = Cluster::shared();
@@ -172,7 +176,8 @@ fn leader_sigterm_hands_over_in_under_a_second() {
     );
 }
 
-/// Scenario 5.
+/// A lone leader on SIGTERM keeps leading (and renewing) until the grace period minus
+/// its margin, then releases the Lease, turns its label `false` and exits 0.
 #[test]
 fn lone_leader_sigterm_leads_until_the_grace_deadline() {
     let cluster = Cluster::shared();
@@ -220,7 +225,8 @@ fn lone_leader_sigterm_leads_until_the_grace_deadline() {
     assert_eq!(ns.label("pod-a", LEADER_KEY).as_deref(), Some("false"));
 }
 
-/// Scenario 6.
+/// Deleting the leader's pod hands over within a second without any signal; the drained
+/// sidecar then waits for the kubelet's SIGTERM and exits 0 on it.
 #[test]
 fn pod_deletion_starts_the_drain_without_a_signal() {
     let cluster = Cluster::shared();
@@ -254,7 +260,8 @@ fn pod_deletion_starts_the_drain_without_a_signal() {
     assert!(status.success());
 }
 
-/// Scenario 7.
+/// A SIGKILLed leader is replaced within lease + retry + 1 s, and the dead pod's stale
+/// `true` is corrected to `false`.
 #[test]
 fn leader_sigkill_fails_over_after_the_lease_expires() {
     let cluster = Cluster::shared();
@@ -278,7 +285,8 @@ fn leader_sigkill_fails_over_after_the_lease_expires() {
     eprintln!("crash failover: {took:?}");
 }
 
-/// Scenario 8.
+/// A leader cut off from the API server is replaced within 6 s and never claims while
+/// cut; once healed it rejoins as a follower and leadership does not flap.
 #[test]
 fn partitioned_leader_is_replaced_and_rejoins_as_follower() {
     let cluster = Cluster::shared();
@@ -328,7 +336,8 @@ fn partitioned_leader_is_replaced_and_rejoins_as_follower() {
     );
 }
 
-/// Scenario 9.
+/// kube-apiserver stopped for longer than the lease and started again: every sidecar
+/// keeps running and a single leader is elected afterwards.
 #[test]
 fn apiserver_restart_mid_run() {
     let cluster = Cluster::start(ClusterOptions::default());
@@ -346,7 +355,8 @@ fn apiserver_restart_mid_run() {
     }
 }
 
-/// Scenario 10.
+/// A revoked token (401s) is recovered from once a fresh token lands in the file, with no
+/// restart; even at -vv no token or Authorization header is ever printed.
 #[test]
 fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
     let cluster = Cluster::shared();
@@ -403,7 +413,8 @@ fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
     }
 }
 
-/// Scenario 11.
+/// Without `patch` on pods the sidecar exits 1 naming exactly the missing permission
+/// (`pods/patch`, the rule to add), and nothing else.
 #[test]
 fn missing_patch_permission_is_named() {
     let cluster = Cluster::shared();
@@ -426,7 +437,8 @@ fn missing_patch_permission_is_named() {
     );
 }
 
-/// Scenario 12.
+/// Watches the server ends every few seconds are re-opened quietly: for a minute no
+/// leader change, no label write, no warning or error.
 #[test]
 fn server_ended_watches_reconnect_quietly() {
     let cluster = Cluster::start(ClusterOptions {
@@ -463,7 +475,8 @@ fn server_ended_watches_reconnect_quietly() {
     }
 }
 
-/// Scenario 13.
+/// Ten sidecars started at once elect one leader (nine `false`), none crashes, and the
+/// write conflicts between them stay quiet.
 #[test]
 fn ten_sidecars_at_once() {
     let cluster = Cluster::shared();
@@ -495,7 +508,7 @@ fn ten_sidecars_at_once() {
     }
 }
 
-/// Issue 4: every shipped manifest passes the real API server's validation (server-side
+/// Every shipped manifest passes the real API server's validation (server-side
 /// dry run), and the kustomization re-targets the RBAC subject to another namespace.
 #[test]
 fn deploy_manifests_pass_server_side_dry_run() {
@@ -618,8 +631,8 @@ fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
     samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
 
-/// Issue 6: probes, metrics, /leader, the leader file and Kubernetes events, through a
-/// handover.
+/// Probes, metrics, /leader, the leader file and Kubernetes events all follow
+/// leadership through a handover.
 #[test]
 fn operator_endpoints_follow_leadership() {
     let cluster = Cluster::shared();
@@ -745,7 +758,7 @@ fn operator_endpoints_follow_leadership() {
     });
 }
 
-/// Issue 6: without the optional events permission the sidecar warns once and works.
+/// Without the optional events permission the sidecar warns once and works.
 #[test]
 fn events_forbidden_warns_once_and_carries_on() {
     let cluster = Cluster::shared();
@@ -777,7 +790,7 @@ fn events_forbidden_warns_once_and_carries_on() {
     );
 }
 
-/// Issue 2: a Lease watch that is forbidden falls back to polling, said once.
+/// A Lease watch that is forbidden falls back to polling, said once.
 #[test]
 fn forbidden_lease_watch_falls_back_to_polling() {
     let cluster = Cluster::shared();
@@ -813,8 +826,8 @@ fn forbidden_lease_watch_falls_back_to_polling() {
     }
 }
 
-/// Issue 12: two elections in one namespace configured with the same
-/// `--leadership-label`. Each sidecar marks its pod with its election, so neither leader
+/// Two elections in one namespace with the same `--leadership-label` leave each
+/// other's pods alone. Each sidecar marks its pod with its election, so neither leader
 /// fences or demotes the other election's pods: both leaders keep `true` throughout.
 #[test]
 fn elections_sharing_a_label_key_leave_each_other_alone() {

@@ -343,7 +343,7 @@ fn next_renewal(ns: &Namespace, holder: &str) -> Value {
     found.unwrap()
 }
 
-/// Issue 12: a slow API server cannot hold a drain past the grace period. Every write
+/// A slow API server cannot hold a drain past the grace period. Every write
 /// hangs for 8 s; with the production timings one call may take 5 s, more than the
 /// whole 3 s grace. The sidecar must still be gone before the kubelet's SIGKILL would
 /// come, and say by its exit code that the drain did not complete.
@@ -385,8 +385,8 @@ fn drain_under_a_hung_api_server_ends_within_the_grace_period() {
     proxy.clear();
 }
 
-/// Issue 12: a pod force-deleted (grace 0) under its leader: the release still goes out,
-/// so the follower takes over at once instead of after a full lease.
+/// A leader whose pod is force-deleted (grace 0) still releases the Lease, so the
+/// follower takes over at once instead of after a full lease.
 #[test]
 fn force_deleted_leader_still_releases() {
     let cluster = Cluster::shared();
@@ -416,7 +416,7 @@ fn force_deleted_leader_still_releases() {
     observer.assert_never_two_leaders();
 }
 
-/// Issue 12: clusters rotate the CA bundle the pod sees (`kube-root-ca.crt`). A sidecar
+/// A rotated CA bundle (`kube-root-ca.crt`) is picked up: a sidecar
 /// whose CA file does not (yet) vouch for the API server's certificate re-reads it when
 /// verification fails, and carries on with the new bundle without a restart.
 #[test]
@@ -466,8 +466,8 @@ fn rotated_ca_bundle_is_picked_up_without_a_restart() {
     );
 }
 
-/// Issue 12: an API server that answers 429 with `Retry-After: 3` (priority and
-/// fairness) is not asked again before those 3 s are up, as client-go honours it.
+/// After a 429 with `Retry-After: 3` (priority and fairness) the API server is not asked
+/// again before those 3 s are up, as client-go honours it.
 #[test]
 fn retry_after_is_honoured() {
     let cluster = Cluster::shared();

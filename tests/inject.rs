@@ -109,7 +109,7 @@ fn hand_written_sidecar(ns: &Namespace) -> Value {
     sidecar_of(&stored).clone()
 }
 
-/// Issue 20: a labeled Deployment's pods get exactly one native sidecar, the one
+/// A labeled Deployment's pods get exactly one native sidecar, the one
 /// deploy/native-sidecar.yaml writes by hand but for the pinned image and the tuned
 /// flags; a rollout's new pods too; a pod update leaves it alone.
 #[test]
@@ -224,7 +224,7 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
     );
 }
 
-/// Issue 20: pods without the label are stored as they were sent.
+/// Pods without the label are stored as they were sent.
 #[test]
 fn unlabeled_pods_are_untouched() {
     let c = cluster();
@@ -241,8 +241,8 @@ fn unlabeled_pods_are_untouched() {
     assert_eq!(names, ["app"]);
 }
 
-/// Issue 20: a pod whose spec already has the sidecar (deploy/native-sidecar.yaml plus
-/// the label) keeps exactly that one.
+/// A pod whose spec already has the sidecar (deploy/native-sidecar.yaml plus the label)
+/// keeps exactly that one: nothing is injected.
 #[test]
 fn a_hand_written_sidecar_is_left_alone() {
     let c = cluster();
@@ -281,7 +281,7 @@ fn a_hand_written_sidecar_is_left_alone() {
     }
 }
 
-/// Issue 20: the tuning annotations become flags, in a fixed order; others are ignored;
+/// The tuning annotations become flags, in a fixed order; others are ignored;
 /// http-address moves the declared port and the probe (bound to one address, probed
 /// there), `off` drops both.
 #[test]
@@ -349,7 +349,7 @@ fn annotations_tune_the_injected_flags() {
     assert_eq!(s["args"][1], "--http-address=off");
 }
 
-/// Issue 20: a label value that is not a DNS subdomain is refused, by the
+/// A label value that is not a DNS subdomain is refused, by the
 /// ValidatingAdmissionPolicy, at `kubectl apply` of the Deployment (not in a ReplicaSet's
 /// events) and at the creation of a bare pod, with a message naming the label, the value
 /// and the rule.

@@ -112,7 +112,9 @@ fn jti(token: &str) -> String {
     claims["jti"].as_str().expect("jti claim").to_string()
 }
 
-/// Scenario 1.
+/// Pods from deploy/deployment.yaml under a real kubelet elect one leader with the
+/// in-cluster defaults and the projected token (every Lease request carries it), as user
+/// 65532 with no capabilities on a read-only root.
 #[test]
 fn deployment_pods_elect_one_leader_with_the_projected_credentials() {
     let n = Node::shared();
@@ -227,7 +229,8 @@ fn deployment_pods_elect_one_leader_with_the_projected_credentials() {
     );
 }
 
-/// Scenario 2.
+/// The leader's app failing its readiness probe hands leadership over; once ready again
+/// it rejoins as a follower (no failback at equal priority, no restart).
 #[test]
 fn failing_readiness_probe_hands_over_and_recovery_rejoins() {
     let n = Node::shared();
@@ -368,7 +371,8 @@ fn delete_leader(
     d
 }
 
-/// Scenario 3.
+/// `kubectl delete` of the leader's pod: handover within 2 s, and the sidecar waits for
+/// the kubelet's SIGTERM and exits 0 within the grace (the kubelet restarts nothing).
 #[test]
 fn kubectl_delete_of_the_leader_drains_and_exits_zero_within_the_grace() {
     let n = Node::shared();
@@ -394,7 +398,8 @@ fn kubectl_delete_of_the_leader_drains_and_exits_zero_within_the_grace() {
     );
 }
 
-/// Scenario 4.
+/// As a native sidecar (deploy/native-sidecar.yaml) it drains while the app still runs
+/// and stops after it when the leader's pod is deleted.
 #[test]
 fn native_sidecar_drains_while_the_app_runs_and_stops_last() {
     let n = Node::shared();
@@ -436,7 +441,8 @@ fn assert_native_sidecar_drain(d: &Deletion) {
     );
 }
 
-/// Scenario 5 (pods from deploy/statefulset.yaml).
+/// The liveness probe on /healthz (deploy/statefulset.yaml) passes for a minute: no
+/// failed probe, no restart.
 #[test]
 fn liveness_probe_on_healthz_passes_for_a_minute() {
     let n = Node::shared();
@@ -481,7 +487,8 @@ fn liveness_probe_on_healthz_passes_for_a_minute() {
     assert!(observer.leader().is_some());
 }
 
-/// Scenario 6.
+/// A projected token the kubelet rotates keeps working: the sidecar's next Lease update
+/// uses the new token and nothing is rejected with 401.
 #[test]
 fn projected_token_rotated_by_the_kubelet_keeps_working() {
     let n = Node::shared();
@@ -560,7 +567,8 @@ fn projected_token_rotated_by_the_kubelet_keeps_working() {
     );
 }
 
-/// Scenario 7 (pods from deploy/statefulset.yaml).
+/// `--leader-file` on an emptyDir (deploy/statefulset.yaml) is read by the app: `true`
+/// in the leader's pod, `false` in the follower's.
 #[test]
 fn leader_file_on_an_empty_dir_is_read_by_the_app() {
     let n = Node::shared();
@@ -604,8 +612,7 @@ fn leader_file_on_an_empty_dir_is_read_by_the_app() {
     assert_eq!(observer.leader().as_deref(), Some(leader.as_str()));
 }
 
-/// Scenario 8 (issue 20): pods whose template carries only the label
-/// `leader-labeler.io/election: my-app` (deploy/deployment.yaml without its sidecar), the
+/// Pods whose template carries only the label `leader-labeler.io/election: my-app` (deploy/deployment.yaml without its sidecar), the
 /// sidecar added by deploy/inject/'s MutatingAdmissionPolicy, elect a leader under the
 /// kubelet and hand over when the leader is deleted, as a hand-written native sidecar does.
 /// What a loopback node needs goes through the policy's annotations: the API server's

@@ -1,4 +1,5 @@
-//! Issue 12: the sidecar runs wherever the platform picks the user.
+//! The sidecar runs under any user the platform picks: the manifests fix no UID, and the
+//! binary leads as an arbitrary non-root UID on a read-only root filesystem.
 //!
 //! OpenShift's restricted-v2 SCC rejects a fixed `runAsUser` outside the namespace's UID
 //! range and runs the container as an arbitrary UID from that range instead. So:

@@ -1,5 +1,6 @@
-//! Issue 13, operator control, against the real control plane: preferred leaders with
-//! failback, priority 0, and a planned switchover to a named pod. Every handover is a
+//! Operator control against the real control plane: a preferred pod takes leadership
+//! back after the hysteresis, priority 0 never leads, and a switchover to a named pod
+//! hands over in milliseconds (refused when the pod cannot lead). Every handover is a
 //! release, so the observer holds the usual promise (never two pods labeled leader) and
 //! the gap with no leader stays in milliseconds.
 

@@ -167,7 +167,7 @@ fn unready_leader_loses_the_label_within_a_second_and_the_endpoint_soon_after() 
     f.assert_never_two_endpoints();
 }
 
-/// Issue 13: label values of the user's choosing. A Service selecting `role: primary`
+/// Label values of the user's choosing drive a Service: one selecting `role: primary`
 /// (deploy/service.yaml with only its selector changed) follows the leader when the
 /// sidecars run with `--leadership-label=role --leader-value=primary
 /// --follower-value=replica`, also through a handover.
