@@ -3,7 +3,7 @@
 //! (lease 3s, renew deadline 2s, retry 500ms). An observer watching every pod fails any
 //! test in which two pods carry is-leader=true at any resourceVersion.
 
-use harness::{secs, start};
+use harness::{secs, start, wait};
 use harness::{
     Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
     PARTICIPANT_KEY,
@@ -56,20 +56,12 @@ fn three_ready_pods_elect_exactly_one_leader() {
     assert!(is_micro_time(&spec["acquireTime"]), "{spec}");
     assert!(is_micro_time(&spec["renewTime"]), "{spec}");
     // The leader renews: renewTime moves, acquireTime stays.
-    let deadline = Instant::now() + secs(3);
-    loop {
+    let renewed = wait::until_every("a renewal", secs(3), Duration::from_millis(100), || {
         let now = ns.get_lease().unwrap();
-        if now["spec"]["renewTime"] != spec["renewTime"] {
-            assert_eq!(now["spec"]["acquireTime"], spec["acquireTime"]);
-            assert_eq!(now["spec"]["holderIdentity"], leader.as_str());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the lease was not renewed within 3s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (now["spec"]["renewTime"] != spec["renewTime"]).then_some(now)
+    });
+    assert_eq!(renewed["spec"]["acquireTime"], spec["acquireTime"]);
+    assert_eq!(renewed["spec"]["holderIdentity"], leader.as_str());
 }
 
 /// Only ready pods participate and lead: an unready pod is labeled `false` and joins when
@@ -375,11 +367,12 @@ fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
     // until a good token appears in the file.
     ns.write_token("not-a-valid-token");
     ns.recreate_service_account();
-    let deadline = Instant::now() + secs(10);
-    while !sidecars.iter().any(|s| s.output().contains("< 401")) {
-        assert!(Instant::now() < deadline, "no 401 seen with a bad token");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until_every(
+        "a 401 with the bad token",
+        secs(10),
+        Duration::from_millis(100),
+        || sidecars.iter().any(|s| s.output().contains("< 401")),
+    );
     let fresh = ns.fresh_token();
     ns.write_token(&fresh);
     observer.wait_until(secs(15), "a leader after the fresh token", |s| {
@@ -387,14 +380,12 @@ fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
     });
     // Leader keeps renewing with the fresh token.
     let renew = ns.get_lease().unwrap()["spec"]["renewTime"].clone();
-    let deadline = Instant::now() + secs(5);
-    while ns.get_lease().unwrap()["spec"]["renewTime"] == renew {
-        assert!(
-            Instant::now() < deadline,
-            "no renewal after the token came back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until_every(
+        "a renewal after the token came back",
+        secs(5),
+        Duration::from_millis(100),
+        || ns.get_lease().unwrap()["spec"]["renewTime"] != renew,
+    );
     for s in &mut sidecars {
         assert!(s.is_running(), "{} exited", s.pod);
         let out = s.output();

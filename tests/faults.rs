@@ -9,7 +9,7 @@
 
 use harness::faults::{Fault, FaultProxy, Kind};
 use harness::namespace::{ELECTION, SWITCHOVER_KEY};
-use harness::secs;
+use harness::{secs, wait};
 use harness::{Cluster, Namespace, Observer, Sidecar, SidecarOptions, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -299,22 +299,15 @@ fn lease_deleted_or_rewritten_by_hand_under_a_live_leader() {
 /// Waits until the Lease names a holder that is the one pod labeled leader (polled: a
 /// Lease change is not a pod event the observer could wait for).
 fn settled(ns: &Namespace, observer: &Observer, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = "the Lease holder to be the one pod labeled leader";
+    wait::until_every(what, timeout, Duration::from_millis(100), || {
         let holder = ns
             .get_lease()
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
             .unwrap_or_default();
-        if !holder.is_empty() && observer.leader().as_deref() == Some(holder.as_str()) {
-            return holder;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no settled leader within {timeout:?}: Lease holder {holder:?}, labeled {:?}",
-            observer.with(|s| s.leaders())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (!holder.is_empty() && observer.leader().as_deref() == Some(holder.as_str()))
+            .then_some(holder)
+    })
 }
 
 /// Waits for the next renewal of the Lease by `holder` (a watch from the current

@@ -2,9 +2,9 @@
 //! kube-controller-manager computes EndpointSlices from the labels the sidecars write,
 //! for the Service in deploy/service.yaml; the tests watch those EndpointSlices.
 
-use harness::secs;
+use harness::{secs, wait};
 use harness::{Cluster, EndpointWatcher, Namespace, Observer, Sidecar};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 struct Fixture<'c> {
     ns: Namespace<'c>,
@@ -197,11 +197,9 @@ fn custom_label_values_drive_the_service() {
     let mut a = Sidecar::spawn(&ns, "pod-a", &args);
     endpoints.wait_for_only(&ns.pod_ip("pod-a"), secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &args);
-    let until = Instant::now() + secs(10);
-    while ns.label("pod-b", "role").as_deref() != Some("replica") {
-        assert!(Instant::now() < until, "pod-b never labeled role=replica");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until("pod-b labeled role=replica", secs(10), || {
+        ns.label("pod-b", "role").as_deref() == Some("replica")
+    });
     assert_eq!(ns.label("pod-a", "role").as_deref(), Some("primary"));
     a.sigterm();
     endpoints.wait_for_only(&ns.pod_ip("pod-b"), secs(5));

@@ -3,7 +3,7 @@
 //! addresses at once is recorded as a violation; windows with none are recorded as gaps.
 
 use crate::namespace::Namespace;
-use crate::wait::{timed_out, Watched};
+use crate::wait::Watched;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,17 +123,12 @@ impl EndpointWatcher {
         what: &str,
         pred: impl Fn(&Endpoints) -> bool,
     ) -> Instant {
-        match self
-            .shared
-            .try_wait_until(timeout, |e| pred(e).then(Instant::now))
-        {
-            Ok(at) => at,
-            Err(e) => panic!(
-                "{}\nready endpoints: {:?}",
-                timed_out(what, timeout),
-                e.ready()
-            ),
-        }
+        self.shared.wait_until_showing(
+            what,
+            timeout,
+            |e| pred(e).then(Instant::now),
+            |e| format!("ready endpoints: {:?}", e.ready()),
+        )
     }
 
     /// Waits until the only ready endpoint is `ip`.

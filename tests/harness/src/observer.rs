@@ -11,7 +11,7 @@
 //! ```
 
 use crate::namespace::{Namespace, LEADER_KEY};
-use crate::wait::{timed_out, Watched};
+use crate::wait::Watched;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -219,13 +219,12 @@ impl Observer {
         what: &str,
         pred: impl Fn(&State) -> bool,
     ) -> Instant {
-        match self
-            .shared
-            .try_wait_until(timeout, |s| pred(s).then(Instant::now))
-        {
-            Ok(at) => at,
-            Err(state) => panic!("{}\nstate: {:#?}", timed_out(what, timeout), state.pods),
-        }
+        self.shared.wait_until_showing(
+            what,
+            timeout,
+            |s| pred(s).then(Instant::now),
+            |s| format!("state: {:#?}", s.pods),
+        )
     }
 
     /// Waits until exactly one pod is leader and every other labeled pod says false.

@@ -107,9 +107,27 @@ impl<T> Watched<T> {
         timeout: Duration,
         cond: impl FnMut(&T) -> D,
     ) -> D::Out {
+        self.wait_until_showing(what, timeout, cond, |_| String::new())
+    }
+
+    /// Like `wait_until`; the panic message also shows `show(value)` (when not empty).
+    pub fn wait_until_showing<D: Done>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl FnMut(&T) -> D,
+        show: impl FnOnce(&T) -> String,
+    ) -> D::Out {
         match self.try_wait_until(timeout, cond) {
             Ok(out) => out,
-            Err(_) => panic!("{}", timed_out(what, timeout)),
+            Err(value) => {
+                let shown = show(&value);
+                drop(value);
+                match shown.as_str() {
+                    "" => panic!("{}", timed_out(what, timeout)),
+                    _ => panic!("{}\n{shown}", timed_out(what, timeout)),
+                }
+            }
         }
     }
 
@@ -200,6 +218,18 @@ mod tests {
         });
         t.join().unwrap();
         assert_eq!(got, 7);
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after 10ms waiting for more\nn is 1")]
+    fn wait_until_showing_shows_the_value_it_timed_out_on() {
+        let w = Watched::new(1u32);
+        w.wait_until_showing(
+            "more",
+            Duration::from_millis(10),
+            |n| *n > 1,
+            |n| format!("n is {n}"),
+        );
     }
 
     #[test]

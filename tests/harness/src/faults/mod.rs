@@ -47,7 +47,7 @@ mod serve;
 mod upstream;
 
 use crate::cluster::Cluster;
-use crate::wait::{timed_out, Watched};
+use crate::wait::Watched;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -380,18 +380,12 @@ impl FaultProxy {
         what: &str,
         done: impl Fn(&State) -> Option<R>,
     ) -> R {
-        match self.shared.state.try_wait_until(timeout, done) {
-            Ok(r) => r,
-            Err(st) => {
+        self.shared
+            .state
+            .wait_until_showing(what, timeout, done, |st| {
                 let log: Vec<String> = st.log.iter().map(|r| format!("{r:?}")).collect();
-                drop(st);
-                panic!(
-                    "fault proxy: {}; log:\n{}",
-                    timed_out(what, timeout),
-                    log.join("\n")
-                );
-            }
-        }
+                format!("fault proxy log:\n{}", log.join("\n"))
+            })
     }
 }
 
