@@ -37,6 +37,7 @@ control-plane: ## Build etcd + kube-apiserver for the tests (cached outside the 
 # non-leader outside the handover window.
 test: control-plane ## Every test: unit, process, end-to-end against a real API server, a real node, image, traffic through a Service
 	cargo build --examples
+	cargo test -p leader-labeler-harness
 	cargo test --tests -- --skip $(MODEL_SMALL)
 	cargo test --lib $(MODEL_SMALL)
 	cargo test --test node -- --test-threads=8 --skip $(NODE_LONG)
@@ -44,6 +45,7 @@ test: control-plane ## Every test: unit, process, end-to-end against a real API 
 
 test-unit: ## Unit tests of the pure parts only (no cluster)
 	cargo test --lib --test cli
+	cargo test -p leader-labeler-harness
 
 test-e2e: control-plane ## End-to-end scenarios only
 	cargo test --test e2e
@@ -102,10 +104,11 @@ bench: control-plane ## Benchmarks: leader-labeler side by side with a client-go
 fmt: ## Format the code
 	cargo fmt --all
 
-# --all-targets leaves out the test = false targets (node, traffic): named here.
+# --workspace: the harness crate (tests/harness) too. --all-targets leaves out the test =
+# false targets (node, traffic): named here.
 lint: ## rustfmt check and clippy with warnings as errors
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --test node --test traffic -- -D warnings
+	cargo clippy --workspace --all-targets --test node --test traffic -- -D warnings
 
 clean: ## Remove build output
 	cargo clean

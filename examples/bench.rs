@@ -4,15 +4,12 @@
 //!
 //! Usage: bench --baseline PATH [--quick]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
+use harness::{Cluster, ClusterOptions, EndpointWatcher, Namespace, Observer, Sidecar};
 use leader_labeler::kube::types::micro_time;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
-use support::{Cluster, ClusterOptions, EndpointWatcher, Namespace, Observer, Sidecar};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Impl {

@@ -7,11 +7,8 @@
 //! switchover to a named pod.
 //! Everything it starts stops with it.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
+use harness::{Cluster, ClusterOptions, Namespace, Observer, Sidecar, LEADER_KEY, PARTICIPANT_KEY};
 use std::time::{Duration, Instant};
-use support::{Cluster, ClusterOptions, Namespace, Observer, Sidecar, LEADER_KEY, PARTICIPANT_KEY};
 
 const PODS: [&str; 3] = ["pod-a", "pod-b", "pod-c"];
 

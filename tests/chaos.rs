@@ -9,13 +9,11 @@
 //! CHAOS_DURATION underneath). A failing seed becomes a regression test by adding it to
 //! `REGRESSION_SEEDS` below.
 
-mod support;
-
+use harness::faults::{Fault, FaultProxy, Kind};
+use harness::PARTICIPANT_KEY;
+use harness::{Cluster, ClusterOptions, Namespace, Observer, Sidecar, SidecarOptions};
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime};
-use support::faults::{Fault, FaultProxy, Kind};
-use support::PARTICIPANT_KEY;
-use support::{Cluster, ClusterOptions, Namespace, Observer, Sidecar, SidecarOptions};
 
 const LEASE: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_millis(500);
@@ -265,10 +263,7 @@ impl<'c> Chaos<'c> {
 
     /// Someone edits the Lease by hand.
     fn hand_edit(&mut self) {
-        let path = format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
-            self.ns.name
-        );
+        let path = self.ns.lease_path();
         let Some(mut lease) = self.ns.get_lease() else {
             return;
         };

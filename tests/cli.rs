@@ -1,5 +1,5 @@
-//! Scenario 14: bad flags and values. The real binary, as a process: exit code 2 and one
-//! line on stderr that names the flag, the value and the rule. No cluster needed.
+//! Bad flags and values make the real binary, as a process, exit 2 with one line on
+//! stderr that names the flag, the value and the rule. No cluster needed.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

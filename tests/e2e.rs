@@ -3,39 +3,16 @@
 //! (lease 3s, renew deadline 2s, retry 500ms). An observer watching every pod fails any
 //! test in which two pods carry is-leader=true at any resourceVersion.
 
-mod support;
-
-use std::time::{Duration, Instant};
-use support::{
+use harness::{secs, start, wait};
+use harness::{
     Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
     PARTICIPANT_KEY,
 };
+use std::time::{Duration, Instant};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
 /// Ready pods with a sidecar each, and the observer; waits for the first leader.
-fn start<'c>(ns: &Namespace<'c>, pods: &[&str]) -> (Observer, Vec<Sidecar>, String) {
-    for p in pods {
-        ns.create_pod(p, true);
-    }
-    let observer = Observer::start(ns);
-    let sidecars: Vec<_> = pods.iter().map(|p| Sidecar::spawn(ns, p, &[])).collect();
-    let leader = observer.wait_for_single_leader(secs(15));
-    let n = pods.len();
-    observer.wait_until(secs(10), "all pods participate", |s| {
-        s.pods
-            .values()
-            .filter(|p| p.labels.get(PARTICIPANT_KEY).map(String::as_str) == Some("true"))
-            .count()
-            == n
-    });
-    (observer, sidecars, leader)
-}
-
 fn by_pod<'a>(sidecars: &'a mut [Sidecar], pod: &str) -> &'a mut Sidecar {
     sidecars.iter_mut().find(|s| s.pod == pod).expect("sidecar")
 }
@@ -49,7 +26,8 @@ fn is_micro_time(v: &serde_json::Value) -> bool {
         && s[20..26].bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Scenario 1.
+/// Three ready pods: exactly one leads (`true`), the others say `false`, all participate;
+/// the Lease names the leader with MicroTime stamps, and the leader renews it.
 #[test]
 fn three_ready_pods_elect_exactly_one_leader() {
     let cluster = Cluster::shared();
@@ -78,23 +56,16 @@ fn three_ready_pods_elect_exactly_one_leader() {
     assert!(is_micro_time(&spec["acquireTime"]), "{spec}");
     assert!(is_micro_time(&spec["renewTime"]), "{spec}");
     // The leader renews: renewTime moves, acquireTime stays.
-    let deadline = Instant::now() + secs(3);
-    loop {
+    let renewed = wait::until_every("a renewal", secs(3), Duration::from_millis(100), || {
         let now = ns.get_lease().unwrap();
-        if now["spec"]["renewTime"] != spec["renewTime"] {
-            assert_eq!(now["spec"]["acquireTime"], spec["acquireTime"]);
-            assert_eq!(now["spec"]["holderIdentity"], leader.as_str());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the lease was not renewed within 3s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (now["spec"]["renewTime"] != spec["renewTime"]).then_some(now)
+    });
+    assert_eq!(renewed["spec"]["acquireTime"], spec["acquireTime"]);
+    assert_eq!(renewed["spec"]["holderIdentity"], leader.as_str());
 }
 
-/// Scenario 2.
+/// Only ready pods participate and lead: an unready pod is labeled `false` and joins when
+/// ready; a leader that turns unready hands over within a second and rejoins as follower.
 #[test]
 fn readiness_gates_participation_and_leadership() {
     let cluster = Cluster::shared();
@@ -137,7 +108,8 @@ fn readiness_gates_participation_and_leadership() {
     assert_eq!(observer.leader().as_deref(), Some("pod-a"));
 }
 
-/// Scenario 3.
+/// A follower's SIGTERM: it exits within a second, its participation label goes, and the
+/// leader's labels are never touched.
 #[test]
 fn follower_sigterm_leaves_within_a_second() {
     let cluster = Cluster::shared();
@@ -163,7 +135,8 @@ fn follower_sigterm_leaves_within_a_second() {
     );
 }
 
-/// Scenario 4.
+/// The leader's SIGTERM hands over to the other pod with one leaderless gap under a
+/// second; the old leader exits 0 labeled `false`.
 #[test]
 fn leader_sigterm_hands_over_in_under_a_second() {
     let cluster = Cluster::shared();
@@ -195,7 +168,8 @@ fn leader_sigterm_hands_over_in_under_a_second() {
     );
 }
 
-/// Scenario 5.
+/// A lone leader on SIGTERM keeps leading (and renewing) until the grace period minus
+/// its margin, then releases the Lease, turns its label `false` and exits 0.
 #[test]
 fn lone_leader_sigterm_leads_until_the_grace_deadline() {
     let cluster = Cluster::shared();
@@ -243,7 +217,8 @@ fn lone_leader_sigterm_leads_until_the_grace_deadline() {
     assert_eq!(ns.label("pod-a", LEADER_KEY).as_deref(), Some("false"));
 }
 
-/// Scenario 6.
+/// Deleting the leader's pod hands over within a second without any signal; the drained
+/// sidecar then waits for the kubelet's SIGTERM and exits 0 on it.
 #[test]
 fn pod_deletion_starts_the_drain_without_a_signal() {
     let cluster = Cluster::shared();
@@ -277,7 +252,8 @@ fn pod_deletion_starts_the_drain_without_a_signal() {
     assert!(status.success());
 }
 
-/// Scenario 7.
+/// A SIGKILLed leader is replaced within lease + retry + 1 s, and the dead pod's stale
+/// `true` is corrected to `false`.
 #[test]
 fn leader_sigkill_fails_over_after_the_lease_expires() {
     let cluster = Cluster::shared();
@@ -301,7 +277,8 @@ fn leader_sigkill_fails_over_after_the_lease_expires() {
     eprintln!("crash failover: {took:?}");
 }
 
-/// Scenario 8.
+/// A leader cut off from the API server is replaced within 6 s and never claims while
+/// cut; once healed it rejoins as a follower and leadership does not flap.
 #[test]
 fn partitioned_leader_is_replaced_and_rejoins_as_follower() {
     let cluster = Cluster::shared();
@@ -351,7 +328,8 @@ fn partitioned_leader_is_replaced_and_rejoins_as_follower() {
     );
 }
 
-/// Scenario 9.
+/// kube-apiserver stopped for longer than the lease and started again: every sidecar
+/// keeps running and a single leader is elected afterwards.
 #[test]
 fn apiserver_restart_mid_run() {
     let cluster = Cluster::start(ClusterOptions::default());
@@ -369,7 +347,8 @@ fn apiserver_restart_mid_run() {
     }
 }
 
-/// Scenario 10.
+/// A revoked token (401s) is recovered from once a fresh token lands in the file, with no
+/// restart; even at -vv no token or Authorization header is ever printed.
 #[test]
 fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
     let cluster = Cluster::shared();
@@ -388,11 +367,12 @@ fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
     // until a good token appears in the file.
     ns.write_token("not-a-valid-token");
     ns.recreate_service_account();
-    let deadline = Instant::now() + secs(10);
-    while !sidecars.iter().any(|s| s.output().contains("< 401")) {
-        assert!(Instant::now() < deadline, "no 401 seen with a bad token");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until_every(
+        "a 401 with the bad token",
+        secs(10),
+        Duration::from_millis(100),
+        || sidecars.iter().any(|s| s.output().contains("< 401")),
+    );
     let fresh = ns.fresh_token();
     ns.write_token(&fresh);
     observer.wait_until(secs(15), "a leader after the fresh token", |s| {
@@ -400,14 +380,12 @@ fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
     });
     // Leader keeps renewing with the fresh token.
     let renew = ns.get_lease().unwrap()["spec"]["renewTime"].clone();
-    let deadline = Instant::now() + secs(5);
-    while ns.get_lease().unwrap()["spec"]["renewTime"] == renew {
-        assert!(
-            Instant::now() < deadline,
-            "no renewal after the token came back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until_every(
+        "a renewal after the token came back",
+        secs(5),
+        Duration::from_millis(100),
+        || ns.get_lease().unwrap()["spec"]["renewTime"] != renew,
+    );
     for s in &mut sidecars {
         assert!(s.is_running(), "{} exited", s.pod);
         let out = s.output();
@@ -426,7 +404,8 @@ fn token_rotation_recovers_without_restart_and_never_prints_the_token() {
     }
 }
 
-/// Scenario 11.
+/// Without `patch` on pods the sidecar exits 1 naming exactly the missing permission
+/// (`pods/patch`, the rule to add), and nothing else.
 #[test]
 fn missing_patch_permission_is_named() {
     let cluster = Cluster::shared();
@@ -449,7 +428,8 @@ fn missing_patch_permission_is_named() {
     );
 }
 
-/// Scenario 12.
+/// Watches the server ends every few seconds are re-opened quietly: for a minute no
+/// leader change, no label write, no warning or error.
 #[test]
 fn server_ended_watches_reconnect_quietly() {
     let cluster = Cluster::start(ClusterOptions {
@@ -486,7 +466,8 @@ fn server_ended_watches_reconnect_quietly() {
     }
 }
 
-/// Scenario 13.
+/// Ten sidecars started at once elect one leader (nine `false`), none crashes, and the
+/// write conflicts between them stay quiet.
 #[test]
 fn ten_sidecars_at_once() {
     let cluster = Cluster::shared();
@@ -518,7 +499,7 @@ fn ten_sidecars_at_once() {
     }
 }
 
-/// Issue 4: every shipped manifest passes the real API server's validation (server-side
+/// Every shipped manifest passes the real API server's validation (server-side
 /// dry run), and the kustomization re-targets the RBAC subject to another namespace.
 #[test]
 fn deploy_manifests_pass_server_side_dry_run() {
@@ -641,8 +622,8 @@ fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
     samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
 
-/// Issue 6: probes, metrics, /leader, the leader file and Kubernetes events, through a
-/// handover.
+/// Probes, metrics, /leader, the leader file and Kubernetes events all follow
+/// leadership through a handover.
 #[test]
 fn operator_endpoints_follow_leadership() {
     let cluster = Cluster::shared();
@@ -768,7 +749,7 @@ fn operator_endpoints_follow_leadership() {
     });
 }
 
-/// Issue 6: without the optional events permission the sidecar warns once and works.
+/// Without the optional events permission the sidecar warns once and works.
 #[test]
 fn events_forbidden_warns_once_and_carries_on() {
     let cluster = Cluster::shared();
@@ -800,7 +781,7 @@ fn events_forbidden_warns_once_and_carries_on() {
     );
 }
 
-/// Issue 2: a Lease watch that is forbidden falls back to polling, said once.
+/// A Lease watch that is forbidden falls back to polling, said once.
 #[test]
 fn forbidden_lease_watch_falls_back_to_polling() {
     let cluster = Cluster::shared();
@@ -836,8 +817,8 @@ fn forbidden_lease_watch_falls_back_to_polling() {
     }
 }
 
-/// Issue 12: two elections in one namespace configured with the same
-/// `--leadership-label`. Each sidecar marks its pod with its election, so neither leader
+/// Two elections in one namespace with the same `--leadership-label` leave each
+/// other's pods alone. Each sidecar marks its pod with its election, so neither leader
 /// fences or demotes the other election's pods: both leaders keep `true` throughout.
 #[test]
 fn elections_sharing_a_label_key_leave_each_other_alone() {

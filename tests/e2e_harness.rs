@@ -1,23 +1,18 @@
-//! Smoke tests of the end-to-end harness itself (tests/support): the control plane
+//! Smoke tests of the end-to-end harness itself (tests/harness): the control plane
 //! starts, a namespace gets the shipped RBAC and a working service-account token, pods
 //! are driven like a kubelet would, the observer sees label changes and catches two
 //! leaders, the proxy can cut and heal a connection, kube-apiserver restarts in place,
 //! the real binary runs as a sidecar with overridden flags, and the fault proxy
-//! (support/faults.rs) injects each of its faults exactly as documented.
+//! (tests/harness/src/faults.rs) injects each of its faults exactly as documented.
 
-mod support;
-
+use harness::api::{Api, MERGE};
+use harness::{secs, ELECTION};
+use harness::{
+    Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
+};
 use serde_json::json;
 use std::sync::mpsc;
 use std::time::Duration;
-use support::api::{Api, MERGE};
-use support::{
-    Cluster, ClusterOptions, Namespace, Observer, Proxy, Sidecar, SidecarOptions, LEADER_KEY,
-};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 fn is_ready(pod: &serde_json::Value) -> bool {
     pod["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -70,7 +65,7 @@ fn namespace_pods_token_rbac_and_observer() {
     let (code, _) = sa.call("GET", "/api/v1/namespaces/default/pods", None);
     assert_eq!(code, 403, "the SA may not read other namespaces");
     assert!(ns.sa_can("create", "leases", None));
-    assert!(ns.sa_can("update", "leases", Some("my-app")));
+    assert!(ns.sa_can("update", "leases", Some(ELECTION)));
     assert!(!ns.sa_can("update", "leases", Some("other")));
     assert!(ns.get_lease().is_none());
 
@@ -131,7 +126,7 @@ fn missing_permission_is_applied_and_visible() {
     ns.apply_role_without("patch", "pods");
     assert!(!ns.sa_can("patch", "pods", None));
     assert!(ns.sa_can("get", "pods", None), "the other verbs stay");
-    assert!(ns.sa_can("update", "leases", Some("my-app")));
+    assert!(ns.sa_can("update", "leases", Some(ELECTION)));
 }
 
 #[test]
@@ -141,7 +136,7 @@ fn proxy_stalls_and_heals_connections() {
     let through = Api::new(
         &proxy.url(),
         &cluster.ca_file(),
-        support::cluster::ADMIN_TOKEN,
+        harness::cluster::ADMIN_TOKEN,
     );
     assert_eq!(through.call("GET", "/readyz", None).0, 200);
 
@@ -213,16 +208,16 @@ fn sidecar_runs_with_overridden_flags() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The fault proxy (tests/support/faults.rs): each fault does what it says, against the
+// The fault proxy (tests/harness/src/faults.rs): each fault does what it says, against the
 // real kube-apiserver, observed from both sides (the client, and the server read
 // directly).
 
+use harness::cluster::ADMIN_TOKEN;
+use harness::faults::{classify, Fault, FaultProxy, Kind};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Instant;
-use support::cluster::ADMIN_TOKEN;
-use support::faults::{classify, Fault, FaultProxy, Kind};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -395,21 +390,21 @@ fn fault_proxy_classifies_requests() {
     let p = "/api/v1/namespaces/ns/pods";
     for (method, target, kind) in [
         ("POST", l, Kind::LeaseWrite),
-        ("PUT", &format!("{l}/my-app") as &str, Kind::LeaseWrite),
-        ("PATCH", &format!("{l}/my-app"), Kind::LeaseWrite),
-        ("DELETE", &format!("{l}/my-app"), Kind::LeaseWrite),
-        ("GET", &format!("{l}/my-app"), Kind::LeaseRead),
+        ("PUT", &format!("{l}/{ELECTION}") as &str, Kind::LeaseWrite),
+        ("PATCH", &format!("{l}/{ELECTION}"), Kind::LeaseWrite),
+        ("DELETE", &format!("{l}/{ELECTION}"), Kind::LeaseWrite),
+        ("GET", &format!("{l}/{ELECTION}"), Kind::LeaseRead),
         ("GET", l, Kind::LeaseRead),
         (
             "GET",
-            &format!("{l}?fieldSelector=metadata.name%3Dmy-app&watch=true&resourceVersion=5"),
+            &format!("{l}?fieldSelector=metadata.name%3D{ELECTION}&watch=true&resourceVersion=5"),
             Kind::LeaseWatch,
         ),
         ("GET", &format!("{l}?watch=1"), Kind::LeaseWatch),
         ("GET", &format!("{l}?watch=false"), Kind::LeaseRead),
         (
             "GET",
-            "/apis/coordination.k8s.io/v1/watch/namespaces/ns/leases/my-app",
+            &format!("/apis/coordination.k8s.io/v1/watch/namespaces/ns/leases/{ELECTION}"),
             Kind::LeaseWatch,
         ),
         ("PATCH", &format!("{p}/pod-a"), Kind::PodWrite),

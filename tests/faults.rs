@@ -7,18 +7,14 @@
 //! "A claim in flight" is written by the test itself: the conditional `true` a cut-off
 //! old leader would have sent with the resourceVersion it last saw, arriving late.
 
-mod support;
-
+use harness::faults::{Fault, FaultProxy, Kind};
+use harness::namespace::{ELECTION, SWITCHOVER_KEY};
+use harness::{secs, wait};
+use harness::{Cluster, Namespace, Observer, Sidecar, SidecarOptions, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::faults::{Fault, FaultProxy, Kind};
-use support::{Cluster, Namespace, Observer, Sidecar, SidecarOptions, LEADER_KEY, PARTICIPANT_KEY};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 const MERGE: &str = "application/merge-patch+json";
 
@@ -159,7 +155,7 @@ fn fence_changes_the_pod_even_when_the_lease_was_recreated() {
     ns.api.post(
         &format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", ns.name),
         &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": "my-app"},
+                "metadata": {"name": ELECTION},
                 "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 3,
                          "leaseTransitions": 0, "acquireTime": now, "renewTime": now}}),
     );
@@ -303,22 +299,15 @@ fn lease_deleted_or_rewritten_by_hand_under_a_live_leader() {
 /// Waits until the Lease names a holder that is the one pod labeled leader (polled: a
 /// Lease change is not a pod event the observer could wait for).
 fn settled(ns: &Namespace, observer: &Observer, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = "the Lease holder to be the one pod labeled leader";
+    wait::until_every(what, timeout, Duration::from_millis(100), || {
         let holder = ns
             .get_lease()
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
             .unwrap_or_default();
-        if !holder.is_empty() && observer.leader().as_deref() == Some(holder.as_str()) {
-            return holder;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no settled leader within {timeout:?}: Lease holder {holder:?}, labeled {:?}",
-            observer.with(|s| s.leaders())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (!holder.is_empty() && observer.leader().as_deref() == Some(holder.as_str()))
+            .then_some(holder)
+    })
 }
 
 /// Waits for the next renewal of the Lease by `holder` (a watch from the current
@@ -329,7 +318,7 @@ fn next_renewal(ns: &Namespace, holder: &str) -> Value {
     let stop = Arc::new(AtomicBool::new(false));
     let mut found = None;
     let url = format!(
-        "/apis/coordination.k8s.io/v1/namespaces/{}/leases?fieldSelector=metadata.name%3Dmy-app&watch=true&resourceVersion={from}",
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases?fieldSelector=metadata.name%3D{ELECTION}&watch=true&resourceVersion={from}",
         ns.name
     );
     let deadline = Instant::now() + secs(10);
@@ -347,7 +336,7 @@ fn next_renewal(ns: &Namespace, holder: &str) -> Value {
     found.unwrap()
 }
 
-/// Issue 12: a slow API server cannot hold a drain past the grace period. Every write
+/// A slow API server cannot hold a drain past the grace period. Every write
 /// hangs for 8 s; with the production timings one call may take 5 s, more than the
 /// whole 3 s grace. The sidecar must still be gone before the kubelet's SIGKILL would
 /// come, and say by its exit code that the drain did not complete.
@@ -389,8 +378,8 @@ fn drain_under_a_hung_api_server_ends_within_the_grace_period() {
     proxy.clear();
 }
 
-/// Issue 12: a pod force-deleted (grace 0) under its leader: the release still goes out,
-/// so the follower takes over at once instead of after a full lease.
+/// A leader whose pod is force-deleted (grace 0) still releases the Lease, so the
+/// follower takes over at once instead of after a full lease.
 #[test]
 fn force_deleted_leader_still_releases() {
     let cluster = Cluster::shared();
@@ -420,7 +409,7 @@ fn force_deleted_leader_still_releases() {
     observer.assert_never_two_leaders();
 }
 
-/// Issue 12: clusters rotate the CA bundle the pod sees (`kube-root-ca.crt`). A sidecar
+/// A rotated CA bundle (`kube-root-ca.crt`) is picked up: a sidecar
 /// whose CA file does not (yet) vouch for the API server's certificate re-reads it when
 /// verification fails, and carries on with the new bundle without a restart.
 #[test]
@@ -470,8 +459,8 @@ fn rotated_ca_bundle_is_picked_up_without_a_restart() {
     );
 }
 
-/// Issue 12: an API server that answers 429 with `Retry-After: 3` (priority and
-/// fairness) is not asked again before those 3 s are up, as client-go honours it.
+/// After a 429 with `Retry-After: 3` (priority and fairness) the API server is not asked
+/// again before those 3 s are up, as client-go honours it.
 #[test]
 fn retry_after_is_honoured() {
     let cluster = Cluster::shared();
@@ -571,7 +560,7 @@ fn a_refused_release_is_tried_again_within_a_retry_period() {
     );
     pa.set(Kind::LeaseWrite, Some(Fault::Busy(429, 30)));
     let seen = pa.count(Kind::LeaseWrite);
-    ns.annotate_lease("my-app/switchover-to", "pod-b");
+    ns.annotate_lease(SWITCHOVER_KEY, "pod-b");
     // The release and the writes after it refused: the leader keeps trying.
     let tried = pa.wait_count(Kind::LeaseWrite, seen + 3, secs(10));
     assert!(

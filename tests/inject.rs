@@ -5,13 +5,11 @@
 //! admission plugin (its reinvocation mounts the token into the injected container).
 //! Whether the injected sidecar elects and hands over under a real kubelet: tests/node.rs.
 
-mod support;
-
+use harness::inject::{self, sidecars, ELECTION_LABEL, SIDECAR};
+use harness::{Cluster, ClusterOptions, Namespace, ELECTION, LEADER_KEY};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use support::inject::{self, sidecars, ELECTION_LABEL, SIDECAR};
-use support::{Cluster, ClusterOptions, Namespace};
 
 const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -56,7 +54,7 @@ fn wait_pods(ns: &Namespace, selector: &str, n: usize) -> Vec<Value> {
             Instant::now() < deadline,
             "{} pods matching {selector} after 30 s, expected {n}:\n{}",
             items.len(),
-            support::cluster::tail(&ns.cluster.dir.join("kube-controller-manager.log"), 20)
+            harness::cluster::tail(&ns.cluster.dir.join("kube-controller-manager.log"), 20)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -111,7 +109,7 @@ fn hand_written_sidecar(ns: &Namespace) -> Value {
     sidecar_of(&stored).clone()
 }
 
-/// Issue 20: a labeled Deployment's pods get exactly one native sidecar, the one
+/// A labeled Deployment's pods get exactly one native sidecar, the one
 /// deploy/native-sidecar.yaml writes by hand but for the pinned image and the tuned
 /// flags; a rollout's new pods too; a pod update leaves it alone.
 #[test]
@@ -138,7 +136,11 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
             "{name}: the policy's image is this version"
         );
         assert_eq!(s["imagePullPolicy"], "IfNotPresent", "{name}");
-        assert_eq!(s["args"], json!(["--election-name=my-app"]), "{name}");
+        assert_eq!(
+            s["args"],
+            json!([format!("--election-name={ELECTION}")]),
+            "{name}"
+        );
         for field in [
             "restartPolicy",
             "args",
@@ -201,16 +203,19 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
     for pod in &new {
         assert_eq!(
             sidecar_of(pod)["args"],
-            json!(["--election-name=my-app", "--lease-duration=12s"])
+            json!([
+                format!("--election-name={ELECTION}"),
+                "--lease-duration=12s"
+            ])
         );
     }
 
     // An update of an injected pod (as the sidecar's own label patches are) succeeds and
     // adds nothing.
     let name = pods[0]["metadata"]["name"].as_str().unwrap();
-    ns.set_label(name, "my-app/is-leader", "true");
+    ns.set_label(name, LEADER_KEY, "true");
     let pod = ns.get_pod(name);
-    assert_eq!(pod["metadata"]["labels"]["my-app/is-leader"], "true");
+    assert_eq!(pod["metadata"]["labels"][LEADER_KEY], "true");
     assert_eq!(sidecar_of(&pod), sidecar_of(&pods[0]));
     eprintln!(
         "inject: {} pods of the Deployment and {} of its rollout, one sidecar each",
@@ -219,7 +224,7 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
     );
 }
 
-/// Issue 20: pods without the label are stored as they were sent.
+/// Pods without the label are stored as they were sent.
 #[test]
 fn unlabeled_pods_are_untouched() {
     let c = cluster();
@@ -236,8 +241,8 @@ fn unlabeled_pods_are_untouched() {
     assert_eq!(names, ["app"]);
 }
 
-/// Issue 20: a pod whose spec already has the sidecar (deploy/native-sidecar.yaml plus
-/// the label) keeps exactly that one.
+/// A pod whose spec already has the sidecar (deploy/native-sidecar.yaml plus the label)
+/// keeps exactly that one: nothing is injected.
 #[test]
 fn a_hand_written_sidecar_is_left_alone() {
     let c = cluster();
@@ -249,7 +254,7 @@ fn a_hand_written_sidecar_is_left_alone() {
             json!({}),
         );
         let hand = json!({"name": SIDECAR, "image": "registry.invalid/mine:1",
-                          "args": ["--election-name=my-app"]});
+                          "args": [format!("--election-name={ELECTION}")]});
         if list == "initContainers" {
             let mut hand = hand;
             hand["restartPolicy"] = json!("Always");
@@ -268,11 +273,15 @@ fn a_hand_written_sidecar_is_left_alone() {
             .find(|c| c["name"] == SIDECAR)
             .unwrap();
         assert_eq!(s["image"], "registry.invalid/mine:1", "{list}");
-        assert_eq!(s["args"], json!(["--election-name=my-app"]), "{list}");
+        assert_eq!(
+            s["args"],
+            json!([format!("--election-name={ELECTION}")]),
+            "{list}"
+        );
     }
 }
 
-/// Issue 20: the tuning annotations become flags, in a fixed order; others are ignored;
+/// The tuning annotations become flags, in a fixed order; others are ignored;
 /// http-address moves the declared port and the probe (bound to one address, probed
 /// there), `off` drops both.
 #[test]
@@ -340,7 +349,7 @@ fn annotations_tune_the_injected_flags() {
     assert_eq!(s["args"][1], "--http-address=off");
 }
 
-/// Issue 20: a label value that is not a DNS subdomain is refused, by the
+/// A label value that is not a DNS subdomain is refused, by the
 /// ValidatingAdmissionPolicy, at `kubectl apply` of the Deployment (not in a ReplicaSet's
 /// events) and at the creation of a bare pod, with a message naming the label, the value
 /// and the rule.
@@ -354,7 +363,7 @@ fn a_bad_election_label_is_refused_with_a_clear_message() {
     ))
     .unwrap();
     let bad = example.replace(
-        "leader-labeler.io/election: my-app",
+        &format!("{ELECTION_LABEL}: {ELECTION}"),
         "leader-labeler.io/election: My_App",
     );
     assert_ne!(bad, example);

@@ -1,8 +1,8 @@
 //! The last layer: the shipped image and manifests under a real kubelet. containerd 1.6
 //! and runc from Debian, kubelet v1.36.3 built from Go modules, registered with a real
-//! control plane (see tests/support/node.rs). The image comes from the air-gap tarball
+//! control plane (see tests/harness/src/node.rs). The image comes from the air-gap tarball
 //! through `ctr -n k8s.io images import`; pods are the templates of deploy/*.yaml with only
-//! what a single loopback node needs changed (support::node::render), created with
+//! what a single loopback node needs changed (harness::node::render), created with
 //! nodeName set (no Deployment/StatefulSet controllers). The kubelet mounts the projected
 //! token, CA and namespace, runs the probes, sends SIGTERM and SIGKILL, and reports status.
 //!
@@ -10,17 +10,12 @@
 //! (the API server's minimum token lifetime is 10 minutes, the kubelet renews at 80%) and
 //! the other scenarios run beside it.
 
-mod support;
-
+use harness::inject::{self, sidecars, ELECTION_LABEL};
+use harness::node::{self, container, container_id, container_status, Manifest, Node};
+use harness::{secs, ELECTION};
+use harness::{Namespace, Observer, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::inject::{self, sidecars, ELECTION_LABEL};
-use support::node::{self, container, container_id, container_status, Manifest, Node};
-use support::{Namespace, Observer, LEADER_KEY, PARTICIPANT_KEY};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 /// Creates pods from a manifest's template (each edited by `edit`), waits until the
 /// kubelet reports them Ready and one of them leads. Returns the observer, the leader
@@ -117,7 +112,9 @@ fn jti(token: &str) -> String {
     claims["jti"].as_str().expect("jti claim").to_string()
 }
 
-/// Scenario 1.
+/// Pods from deploy/deployment.yaml under a real kubelet elect one leader with the
+/// in-cluster defaults and the projected token (every Lease request carries it), as user
+/// 65532 with no capabilities on a read-only root.
 #[test]
 fn deployment_pods_elect_one_leader_with_the_projected_credentials() {
     let n = Node::shared();
@@ -232,7 +229,8 @@ fn deployment_pods_elect_one_leader_with_the_projected_credentials() {
     );
 }
 
-/// Scenario 2.
+/// The leader's app failing its readiness probe hands leadership over; once ready again
+/// it rejoins as a follower (no failback at equal priority, no restart).
 #[test]
 fn failing_readiness_probe_hands_over_and_recovery_rejoins() {
     let n = Node::shared();
@@ -373,7 +371,8 @@ fn delete_leader(
     d
 }
 
-/// Scenario 3.
+/// `kubectl delete` of the leader's pod: handover within 2 s, and the sidecar waits for
+/// the kubelet's SIGTERM and exits 0 within the grace (the kubelet restarts nothing).
 #[test]
 fn kubectl_delete_of_the_leader_drains_and_exits_zero_within_the_grace() {
     let n = Node::shared();
@@ -399,7 +398,8 @@ fn kubectl_delete_of_the_leader_drains_and_exits_zero_within_the_grace() {
     );
 }
 
-/// Scenario 4.
+/// As a native sidecar (deploy/native-sidecar.yaml) it drains while the app still runs
+/// and stops after it when the leader's pod is deleted.
 #[test]
 fn native_sidecar_drains_while_the_app_runs_and_stops_last() {
     let n = Node::shared();
@@ -441,7 +441,8 @@ fn assert_native_sidecar_drain(d: &Deletion) {
     );
 }
 
-/// Scenario 5 (pods from deploy/statefulset.yaml).
+/// The liveness probe on /healthz (deploy/statefulset.yaml) passes for a minute: no
+/// failed probe, no restart.
 #[test]
 fn liveness_probe_on_healthz_passes_for_a_minute() {
     let n = Node::shared();
@@ -486,7 +487,8 @@ fn liveness_probe_on_healthz_passes_for_a_minute() {
     assert!(observer.leader().is_some());
 }
 
-/// Scenario 6.
+/// A projected token the kubelet rotates keeps working: the sidecar's next Lease update
+/// uses the new token and nothing is rejected with 401.
 #[test]
 fn projected_token_rotated_by_the_kubelet_keeps_working() {
     let n = Node::shared();
@@ -565,7 +567,8 @@ fn projected_token_rotated_by_the_kubelet_keeps_working() {
     );
 }
 
-/// Scenario 7 (pods from deploy/statefulset.yaml).
+/// `--leader-file` on an emptyDir (deploy/statefulset.yaml) is read by the app: `true`
+/// in the leader's pod, `false` in the follower's.
 #[test]
 fn leader_file_on_an_empty_dir_is_read_by_the_app() {
     let n = Node::shared();
@@ -609,8 +612,7 @@ fn leader_file_on_an_empty_dir_is_read_by_the_app() {
     assert_eq!(observer.leader().as_deref(), Some(leader.as_str()));
 }
 
-/// Scenario 8 (issue 20): pods whose template carries only the label
-/// `leader-labeler.io/election: my-app` (deploy/deployment.yaml without its sidecar), the
+/// Pods whose template carries only the label `leader-labeler.io/election: my-app` (deploy/deployment.yaml without its sidecar), the
 /// sidecar added by deploy/inject/'s MutatingAdmissionPolicy, elect a leader under the
 /// kubelet and hand over when the leader is deleted, as a hand-written native sidecar does.
 /// What a loopback node needs goes through the policy's annotations: the API server's
@@ -627,7 +629,7 @@ fn injected_sidecars_elect_and_hand_over_on_deletion() {
         .as_array_mut()
         .unwrap()
         .retain(|c| c["name"] != "leader-labeler");
-    template["metadata"]["labels"][ELECTION_LABEL] = json!("my-app");
+    template["metadata"]["labels"][ELECTION_LABEL] = json!(ELECTION);
     let names = ["pod-a", "pod-b"];
     let (observer, leader) = start_pods_from(n, &ns, &template, &names, |pod| {
         pod["metadata"]["annotations"] = json!({

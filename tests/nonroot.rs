@@ -1,4 +1,5 @@
-//! Issue 12: the sidecar runs wherever the platform picks the user.
+//! The sidecar runs under any user the platform picks: the manifests fix no UID, and the
+//! binary leads as an arbitrary non-root UID on a read-only root filesystem.
 //!
 //! OpenShift's restricted-v2 SCC rejects a fixed `runAsUser` outside the namespace's UID
 //! range and runs the container as an arbitrary UID from that range instead. So:
@@ -11,16 +12,14 @@
 //!   leader against the real control plane (needs root here, for a mount namespace and
 //!   setpriv; it fails, never skips, when that is not allowed).
 
-mod support;
-
+use harness::namespace::ELECTION;
+use harness::sidecar::FAST;
+use harness::{Cluster, Namespace, Observer, LEADER_KEY};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::namespace::ELECTION;
-use support::sidecar::FAST;
-use support::{Cluster, Namespace, Observer, LEADER_KEY};
 
 /// One container of a manifest, as far as these tests care.
 #[derive(Debug, Default)]
@@ -342,7 +341,7 @@ fn leads_as_an_arbitrary_uid_on_a_read_only_root() {
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    let child = support::process::spawn_scoped(cmd)
+    let child = harness::process::spawn_scoped(cmd)
         .unwrap_or_else(|e| panic!("cannot start unshare (util-linux): {e}"));
     let pid = child.id();
     p.child = Some(child);

@@ -7,23 +7,18 @@
 //! The outages stop the whole control plane, so these tests run one at a time on a
 //! control plane of their own.
 
-mod support;
-
+use harness::faults::{Fault, FaultProxy, Kind};
+use harness::{secs, start, wait};
+use harness::{
+    Cluster, ClusterOptions, Namespace, Observer, Sidecar, SidecarOptions, PARTICIPANT_KEY,
+};
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use support::faults::{Fault, FaultProxy, Kind};
-use support::{
-    Cluster, ClusterOptions, Namespace, Observer, Sidecar, SidecarOptions, PARTICIPANT_KEY,
-};
 
 /// FAST timings of the harness: lease 3 s, retry 500 ms.
 const LEASE: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_millis(500);
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 fn cluster() -> &'static Cluster {
     static C: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
@@ -61,20 +56,6 @@ fn outage(c: &Cluster, kind: Outage, length: Duration) -> Instant {
     Instant::now()
 }
 
-fn start<'c>(ns: &Namespace<'c>, pods: &[&str]) -> (Observer, Vec<Sidecar>, String) {
-    for p in pods {
-        ns.create_pod(p, true);
-    }
-    let observer = Observer::start(ns);
-    let sidecars: Vec<_> = pods.iter().map(|p| Sidecar::spawn(ns, p, &[])).collect();
-    let leader = observer.wait_for_single_leader(secs(15));
-    observer.wait_until(secs(10), "all pods participate", |s| {
-        pods.iter()
-            .all(|p| s.label(p, PARTICIPANT_KEY) == Some("true"))
-    });
-    (observer, sidecars, leader)
-}
-
 fn lease_spec(ns: &Namespace) -> Value {
     ns.get_lease().expect("lease")["spec"].clone()
 }
@@ -82,18 +63,11 @@ fn lease_spec(ns: &Namespace) -> Value {
 /// Waits until `holder` renews the Lease again (renewTime moves), within `timeout`.
 fn renewed_by(ns: &Namespace, holder: &str, timeout: Duration) -> Value {
     let before = lease_spec(ns)["renewTime"].clone();
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = format!("{holder} to renew the Lease");
+    wait::until_every(&what, timeout, Duration::from_millis(100), || {
         let spec = lease_spec(ns);
-        if spec["holderIdentity"] == holder && spec["renewTime"] != before {
-            return spec;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{holder} did not renew within {timeout:?}: {spec}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (spec["holderIdentity"] == holder && spec["renewTime"] != before).then_some(spec)
+    })
 }
 
 /// Requests the followers started in the audit log between two line counts: non-watch
@@ -182,10 +156,7 @@ fn leader_killed_during_an_outage_is_replaced_a_lease_after_it() {
         .sigkill();
     std::thread::sleep(LEASE * 2);
     // The outage ends when kube-apiserver first answers, a while before /readyz says so.
-    let path = format!(
-        "/apis/coordination.k8s.io/v1/namespaces/{}/leases/my-app",
-        ns.name
-    );
+    let path = ns.lease_path();
     let api = c.api.clone();
     let first_answer = std::thread::spawn(move || loop {
         if api.call("GET", &path, None).0 == 200 {

@@ -1,17 +1,14 @@
-//! Issue 13, operator control, against the real control plane: preferred leaders with
-//! failback, priority 0, and a planned switchover to a named pod. Every handover is a
+//! Operator control against the real control plane: a preferred pod takes leadership
+//! back after the hysteresis, priority 0 never leads, and a switchover to a named pod
+//! hands over in milliseconds (refused when the pod cannot lead). Every handover is a
 //! release, so the observer holds the usual promise (never two pods labeled leader) and
 //! the gap with no leader stays in milliseconds.
 
-mod support;
-
+use harness::namespace::{PRIORITY_KEY, SWITCHOVER_KEY};
+use harness::{secs, wait};
+use harness::{Cluster, Namespace, Observer, Sidecar, PARTICIPANT_KEY};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::{Cluster, Namespace, Observer, Sidecar, PARTICIPANT_KEY};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 const MERGE: &str = "application/merge-patch+json";
 
@@ -48,28 +45,20 @@ fn events(ns: &Namespace, reason: &str) -> Vec<String> {
         .collect()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn failback_to_a_higher_priority_pod_after_the_hysteresis() {
     let cluster = Cluster::shared();
     let ns = Namespace::new(cluster, "failback");
     ns.create_pod("pod-a", true);
     ns.create_pod("pod-b", false);
-    annotate_pod(&ns, "pod-b", "my-app/priority", "5");
+    annotate_pod(&ns, "pod-b", PRIORITY_KEY, "5");
     let observer = Observer::start(&ns);
     let args = ["--failback-after=3s"];
     let _a = Sidecar::spawn(&ns, "pod-a", &args);
     observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &args);
     observer.wait_until(secs(10), "pod-b labeled", |s| {
-        s.label("pod-b", support::LEADER_KEY) == Some("false")
+        s.label("pod-b", harness::LEADER_KEY) == Some("false")
     });
     ns.set_ready("pod-b", true);
     observer.wait_until(secs(10), "pod-b participates", |s| {
@@ -93,11 +82,11 @@ fn priority_zero_never_leads_even_when_it_is_the_only_ready_pod() {
     let cluster = Cluster::shared();
     let ns = Namespace::new(cluster, "prio-zero");
     ns.create_pod("pod-a", true);
-    annotate_pod(&ns, "pod-a", "my-app/priority", "0");
+    annotate_pod(&ns, "pod-a", PRIORITY_KEY, "0");
     let observer = Observer::start(&ns);
     let a = Sidecar::spawn(&ns, "pod-a", &[]);
     observer.wait_until(secs(15), "pod-a a ready replica", |s| {
-        s.label("pod-a", support::LEADER_KEY) == Some("false")
+        s.label("pod-a", harness::LEADER_KEY) == Some("false")
             && s.label("pod-a", PARTICIPANT_KEY) == Some("true")
     });
     assert!(a.output().contains("priority is 0"), "{}", a.output());
@@ -113,7 +102,7 @@ fn priority_zero_never_leads_even_when_it_is_the_only_ready_pod() {
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
     observer.wait_for_leader("pod-b", secs(15));
     assert_eq!(
-        ns.label("pod-a", support::LEADER_KEY).as_deref(),
+        ns.label("pod-a", harness::LEADER_KEY).as_deref(),
         Some("false")
     );
     observer.assert_never_two_leaders();
@@ -127,7 +116,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
         ns.create_pod(p, true);
     }
     let observer = Observer::start(&ns);
-    let _a = Sidecar::spawn(&ns, "pod-a", &[]);
+    let a = Sidecar::spawn(&ns, "pod-a", &[]);
     observer.wait_for_leader("pod-a", secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &[]);
     let _c = Sidecar::spawn(&ns, "pod-c", &[]);
@@ -136,15 +125,22 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
             .iter()
             .all(|p| s.label(p, PARTICIPANT_KEY) == Some("true"))
     });
+    // The leader refuses a switchover to a pod it does not know as a participant yet:
+    // wait until its own view (/leader) lists pod-c, not only pod-c's label.
+    wait::until(
+        "the leader (pod-a) to list pod-c among its participants",
+        secs(10),
+        || a.participants().iter().any(|p| p == "pod-c"),
+    );
     // To pod-c, past pod-b (which would win a free-for-all as often as not).
     let asked = Instant::now();
-    ns.annotate_lease("my-app/switchover-to", "pod-c");
+    ns.annotate_lease(SWITCHOVER_KEY, "pod-c");
     observer.wait_for_leader("pod-c", secs(5));
     let took = asked.elapsed();
     let gap = longest_gap_after(&observer, asked);
     eprintln!("switchover: pod-c led {took:?} after the request; leaderless for {gap:?}");
     assert!(gap < Duration::from_millis(500), "no leader for {gap:?}");
-    wait_for("HandedOver event", secs(10), || {
+    wait::until("HandedOver event", secs(10), || {
         events(&ns, "HandedOver")
             .iter()
             .any(|e| e.contains("pod-c") && e.contains("switchover"))
@@ -152,7 +148,7 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
     let lease = ns.get_lease().unwrap();
     assert!(
         lease["metadata"]["annotations"]
-            .get("my-app/switchover-to")
+            .get(SWITCHOVER_KEY)
             .is_none(),
         "request left on the Lease: {lease}"
     );
@@ -162,15 +158,15 @@ fn switchover_to_a_named_pod_in_milliseconds_and_refused_when_impossible() {
         s.label("pod-b", PARTICIPANT_KEY).is_none()
     });
     for target in ["pod-b", "pod-nope"] {
-        ns.annotate_lease("my-app/switchover-to", target);
-        wait_for(&format!("refusal of {target}"), secs(10), || {
+        ns.annotate_lease(SWITCHOVER_KEY, target);
+        wait::until(&format!("refusal of {target}"), secs(10), || {
             events(&ns, "SwitchoverRefused")
                 .iter()
                 .any(|e| e.contains(target))
         });
-        wait_for("the request removed", secs(10), || {
+        wait::until("the request removed", secs(10), || {
             ns.get_lease().unwrap()["metadata"]["annotations"]
-                .get("my-app/switchover-to")
+                .get(SWITCHOVER_KEY)
                 .is_none()
         });
         assert_eq!(observer.leader().as_deref(), Some("pod-c"));

@@ -2,14 +2,9 @@
 //! kube-controller-manager computes EndpointSlices from the labels the sidecars write,
 //! for the Service in deploy/service.yaml; the tests watch those EndpointSlices.
 
-mod support;
-
-use std::time::{Duration, Instant};
-use support::{Cluster, EndpointWatcher, Namespace, Observer, Sidecar};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
+use harness::{secs, wait};
+use harness::{Cluster, EndpointWatcher, Namespace, Observer, Sidecar};
+use std::time::Instant;
 
 struct Fixture<'c> {
     ns: Namespace<'c>,
@@ -88,7 +83,7 @@ fn rolling_update_handover_keeps_one_endpoint() {
     let s = Sidecar::spawn(&f.ns, "pod-new", &[]);
     f.sidecars.push(s);
     f.observer.wait_until(secs(5), "pod-new participates", |s| {
-        s.label("pod-new", support::PARTICIPANT_KEY) == Some("true")
+        s.label("pod-new", harness::PARTICIPANT_KEY) == Some("true")
     });
     // The kubelet's part: the pod is deleted and its containers get SIGTERM.
     f.ns.delete_pod(&leader, 30);
@@ -172,7 +167,7 @@ fn unready_leader_loses_the_label_within_a_second_and_the_endpoint_soon_after() 
     f.assert_never_two_endpoints();
 }
 
-/// Issue 13: label values of the user's choosing. A Service selecting `role: primary`
+/// Label values of the user's choosing drive a Service: one selecting `role: primary`
 /// (deploy/service.yaml with only its selector changed) follows the leader when the
 /// sidecars run with `--leadership-label=role --leader-value=primary
 /// --follower-value=replica`, also through a handover.
@@ -202,11 +197,9 @@ fn custom_label_values_drive_the_service() {
     let mut a = Sidecar::spawn(&ns, "pod-a", &args);
     endpoints.wait_for_only(&ns.pod_ip("pod-a"), secs(15));
     let _b = Sidecar::spawn(&ns, "pod-b", &args);
-    let until = Instant::now() + secs(10);
-    while ns.label("pod-b", "role").as_deref() != Some("replica") {
-        assert!(Instant::now() < until, "pod-b never labeled role=replica");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until("pod-b labeled role=replica", secs(10), || {
+        ns.label("pod-b", "role").as_deref() == Some("replica")
+    });
     assert_eq!(ns.label("pod-a", "role").as_deref(), Some("primary"));
     a.sigterm();
     endpoints.wait_for_only(&ns.pod_ip("pod-b"), secs(5));

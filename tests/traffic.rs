@@ -2,7 +2,7 @@
 //! on a one-node cluster (kube-scheduler, the Deployment, ReplicaSet and EndpointSlice
 //! controllers, the kubelet with containerd, runc and CNI pod networking, kube-proxy in
 //! nftables mode), all inside a network namespace this test creates
-//! (tests/support/traffic.rs). A client in that namespace sends requests to the
+//! (tests/harness/src/traffic.rs). A client in that namespace sends requests to the
 //! Service's ClusterIP without pause, on new connections and on a kept-alive one.
 //!
 //! Each request is judged against the Lease holder when it began. The handover window of
@@ -26,14 +26,10 @@
 //! leader deleted, the leader's app unready, a switchover). Not a libtest harness: the
 //! process enters its network namespace before any thread starts.
 
-mod support;
-
+use harness::namespace::{ELECTION, SWITCHOVER_KEY};
+use harness::secs;
+use harness::traffic::{self, now, Client, Recorder, Rig};
 use std::time::Duration;
-use support::traffic::{self, now, Client, Recorder, Rig};
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 /// Requests per second, per client.
 const RATE: u32 = 50;
@@ -150,8 +146,8 @@ fn switchover(rig: &Rig, client: &Client, actions: &mut Vec<f64>) {
     rig.kubectl(&[
         "annotate",
         "lease",
-        "my-app",
-        &format!("my-app/switchover-to={to}"),
+        ELECTION,
+        &format!("{SWITCHOVER_KEY}={to}"),
         "--overwrite",
     ]);
     let deadline = std::time::Instant::now() + secs(30);

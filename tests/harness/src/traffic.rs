@@ -18,8 +18,8 @@
 //! - [`Recorder`]: the Lease, the pods and the EndpointSlices as watched, plus kube-proxy's
 //!   rule syncs from its log; [`Client`]: every request's time, outcome and answering pod.
 
-use super::cluster::{spawn_logged, tail, Cluster, ClusterOptions};
-use super::node::{run, Node, NodeOptions, PodNetwork, Prepared};
+use crate::cluster::{spawn_logged, tail, Cluster, ClusterOptions};
+use crate::node::{run, Node, NodeOptions, PodNetwork, Prepared};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -44,10 +44,6 @@ pub fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn ip(args: &str) {
@@ -110,7 +106,7 @@ pub struct Prereqs {
 pub const BASELINE_IMAGE: &str = "localhost/leader-labeler-traffic/client-go-baseline:1";
 
 pub fn prepare(baseline: bool) -> Prereqs {
-    super::cluster::control_plane_bin();
+    crate::cluster::control_plane_bin();
     let node = Prepared::new("traffic", &["kubelet", "kube-proxy", "kube-scheduler"]);
     let app_image_tar = build_app_image();
     Prereqs {
@@ -130,7 +126,7 @@ fn build_baseline_image() -> PathBuf {
                 .join(".cache/leader-labeler")
         });
     let bin = cache.join("client-go-baseline-v0.36.3-static");
-    let src = repo().join("bench/baseline/main.go");
+    let src = crate::repo_root().join("bench/baseline/main.go");
     let stale = |b: &Path| {
         let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         m(b).is_none() || m(&src) > m(b)
@@ -140,7 +136,7 @@ fn build_baseline_image() -> PathBuf {
             .args(["build", "-trimpath", "-ldflags", "-s -w", "-o"])
             .arg(&bin)
             .arg(".")
-            .current_dir(repo().join("bench/baseline"))
+            .current_dir(crate::repo_root().join("bench/baseline"))
             .envs([
                 ("CGO_ENABLED", "0"),
                 ("GOTOOLCHAIN", "local"),
@@ -153,11 +149,11 @@ fn build_baseline_image() -> PathBuf {
             "building bench/baseline failed (see above)"
         );
     }
-    let ctx = repo().join("target/traffic-baseline-image");
+    let ctx = crate::repo_root().join("target/traffic-baseline-image");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::copy(&bin, ctx.join("baseline")).unwrap();
     let tar = ctx.join("baseline.tar");
-    super::node::build_image(
+    crate::node::build_image(
         &ctx,
         "FROM scratch\nCOPY baseline /client-go-baseline\nUSER 65532:65532\nENTRYPOINT [\"/client-go-baseline\"]\n",
         BASELINE_IMAGE,
@@ -171,7 +167,7 @@ fn build_baseline_image() -> PathBuf {
 /// Debian's static busybox for the shipped preStop's `sleep`; user 65532.
 fn build_app_image() -> PathBuf {
     let musl = Command::new("bash")
-        .arg(repo().join("scripts/deps.sh"))
+        .arg(crate::repo_root().join("scripts/deps.sh"))
         .arg("musl")
         .status()
         .is_ok_and(|s| s.success());
@@ -182,7 +178,7 @@ fn build_app_image() -> PathBuf {
     };
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
-        .current_dir(repo())
+        .current_dir(crate::repo_root())
         .args([
             "build",
             "--release",
@@ -205,15 +201,15 @@ fn build_app_image() -> PathBuf {
     }
     let status = cargo.status().expect("cargo");
     assert!(status.success(), "building examples/traffic_app.rs failed");
-    let ctx = repo().join("target/traffic-app-image");
+    let ctx = crate::repo_root().join("target/traffic-app-image");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::copy(
-        repo().join(format!("target/{target}/release/examples/traffic_app")),
+        crate::repo_root().join(format!("target/{target}/release/examples/traffic_app")),
         ctx.join("app"),
     )
     .unwrap();
     let tar = ctx.join("app.tar");
-    super::node::build_image(
+    crate::node::build_image(
         &ctx,
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY app /app\nUSER 65532:65532\nENTRYPOINT [\"/app\"]\n",
         APP_IMAGE,
@@ -297,7 +293,7 @@ impl Rig {
     /// Copies every log of the run (control plane, kube-proxy, containerd, kubelet, pods)
     /// to target/traffic-logs/: the node's folder is removed at exit.
     pub fn keep_logs(&self) -> PathBuf {
-        let to = repo().join("target/traffic-logs");
+        let to = crate::repo_root().join("target/traffic-logs");
         let _ = std::fs::remove_dir_all(&to);
         std::fs::create_dir_all(&to).unwrap();
         for dir in [&self.cluster.dir, &self.node.dir] {
@@ -358,7 +354,8 @@ impl Rig {
         self.kubectl(&["delete", "deployment", "my-app"]);
         self.kubectl(&["delete", "replicasets", "-l", "app=my-app"]);
         self.kubectl(&["delete", "lease", "my-app", "--ignore-not-found"]);
-        let text = std::fs::read_to_string(repo().join("deploy/deployment.yaml")).unwrap();
+        let text =
+            std::fs::read_to_string(crate::repo_root().join("deploy/deployment.yaml")).unwrap();
         let mut deployment = self
             .cluster
             .manifest_objects(&text, "deploy/deployment.yaml")
@@ -397,7 +394,8 @@ impl Rig {
     /// deploy/rbac.yaml and deploy/service.yaml as shipped; deploy/deployment.yaml with
     /// its two image names rewritten (the app's and the sidecar's), nothing else.
     fn apply_manifests(&mut self, sidecar_image: &str) {
-        let deployment = std::fs::read_to_string(repo().join("deploy/deployment.yaml")).unwrap();
+        let deployment =
+            std::fs::read_to_string(crate::repo_root().join("deploy/deployment.yaml")).unwrap();
         let mut rewritten = 0;
         let text: Vec<String> = deployment
             .lines()
@@ -418,7 +416,7 @@ impl Rig {
             rewritten, 2,
             "deploy/deployment.yaml should name two images"
         );
-        let shipped = |f: &str| std::fs::read_to_string(repo().join(f)).unwrap();
+        let shipped = |f: &str| std::fs::read_to_string(crate::repo_root().join(f)).unwrap();
         for (what, yaml) in [
             ("deploy/rbac.yaml", shipped("deploy/rbac.yaml")),
             (
@@ -500,7 +498,7 @@ impl Rig {
                 Instant::now() < deadline,
                 "no steady state within {timeout:?}: {} pods (want {replicas}), holder {holder:?}, last answers {answered:?}\nnode taints: {}\npods: {:#}\nkube-proxy:\n{}\nkubelet:\n{}",
                 pods.len(),
-                self.cluster.api.get(&format!("/api/v1/nodes/{}", super::node::NODE_NAME))["spec"]["taints"],
+                self.cluster.api.get(&format!("/api/v1/nodes/{}", crate::node::NODE_NAME))["spec"]["taints"],
                 pods.iter()
                     .map(|p| serde_json::json!({
                         "name": p["metadata"]["name"],
@@ -600,10 +598,10 @@ conntrack:
   tcpCloseWaitTimeout: 0s
 "#,
             kubeconfig = cluster.kubeconfig.display(),
-            node = super::node::NODE_NAME,
+            node = crate::node::NODE_NAME,
             mode = proxy_mode(),
-            metrics = super::cluster::free_port(),
-            healthz = super::cluster::free_port(),
+            metrics = crate::cluster::free_port(),
+            healthz = crate::cluster::free_port(),
         ),
     )
     .unwrap();

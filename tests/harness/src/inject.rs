@@ -2,7 +2,7 @@
 //! labeled `leader-labeler.io/election`, and the ValidatingAdmissionPolicy that refuses a
 //! bad label value, applied with `kubectl apply -k` as the README says.
 
-use super::cluster::Cluster;
+use crate::cluster::Cluster;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,8 @@ pub const SIDECAR: &str = "leader-labeler";
 /// `namespace` must exist and have deploy/rbac.yaml's ServiceAccount (the probes are
 /// server-side dry runs: nothing is stored).
 pub fn apply(cluster: &Cluster, namespace: &str) {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/inject");
-    let out = cluster.kubectl(&["apply", "-k", dir], None);
+    let dir = crate::repo_root().join("deploy/inject");
+    let out = cluster.kubectl(&["apply", "-k", &dir.to_string_lossy()], None);
     assert!(
         out.status.success(),
         "kubectl apply -k deploy/inject failed: {}",

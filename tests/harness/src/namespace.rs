@@ -2,12 +2,13 @@
 //! deploy/rbac.yaml itself, a real service-account token from the TokenRequest API, and
 //! plain Pod objects whose readiness and deletion the test drives.
 
-use super::api::{Api, MERGE, STRATEGIC};
-use super::cluster::Cluster;
+use crate::api::{Api, MERGE, STRATEGIC};
+use crate::cluster::Cluster;
+use crate::wait;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The election (and Lease) name every test uses.
 pub const ELECTION: &str = "my-app";
@@ -15,6 +16,10 @@ pub const ELECTION: &str = "my-app";
 pub const LEADER_KEY: &str = "my-app/is-leader";
 /// The participation label the sidecar writes by default.
 pub const PARTICIPANT_KEY: &str = "my-app/participant";
+/// The Lease annotation that asks for a switchover to the pod it names.
+pub const SWITCHOVER_KEY: &str = "my-app/switchover-to";
+/// The pod annotation that gives a pod's leadership priority.
+pub const PRIORITY_KEY: &str = "my-app/priority";
 /// The ServiceAccount deploy/rbac.yaml creates.
 pub const SERVICE_ACCOUNT: &str = "leader-labeler";
 
@@ -35,7 +40,7 @@ pub struct Namespace<'c> {
 
 /// deploy/rbac.yaml with the namespace substituted.
 pub fn rbac_manifest(namespace: &str) -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"))
+    let text = std::fs::read_to_string(crate::repo_root().join("deploy/rbac.yaml"))
         .expect("deploy/rbac.yaml");
     text.replace("namespace: default", &format!("namespace: {namespace}"))
 }
@@ -106,22 +111,13 @@ impl<'c> Namespace<'c> {
     /// RBAC caches bindings for a moment: wait until the service account may list pods.
     fn wait_for_rbac(&self, token: &str) {
         let sa = Api::new(&self.cluster.server_url(), &self.cluster.ca_file(), token);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (code, body) = sa.call(
-                "GET",
-                &format!("/api/v1/namespaces/{}/pods", self.name),
-                None,
-            );
-            if code == 200 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "RBAC never allowed the service account: {code} {body}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let pods = format!("/api/v1/namespaces/{}/pods", self.name);
+        wait::until_every(
+            "RBAC to let the service account list pods",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || sa.call("GET", &pods, None).0 == 200,
+        );
     }
 
     /// Deletes and recreates the ServiceAccount: every token issued before is now
@@ -130,25 +126,16 @@ impl<'c> Namespace<'c> {
         let path = format!("/api/v1/namespaces/{}/serviceaccounts", self.name);
         self.api
             .delete(&format!("{path}/{SERVICE_ACCOUNT}"), &json!({}));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (code, _) = self.api.call(
-                "POST",
-                &path,
-                Some((
-                    "application/json",
-                    &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}}),
-                )),
-            );
-            if code == 201 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cannot recreate the service account: {code}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                             "metadata": {"name": SERVICE_ACCOUNT}});
+        wait::until(
+            "the service account recreated",
+            Duration::from_secs(10),
+            || {
+                let body = Some(("application/json", &account));
+                self.api.call("POST", &path, body).0 == 201
+            },
+        );
     }
 
     /// The service-account token file the sidecars read (as if mounted in the pod).
@@ -246,14 +233,11 @@ impl<'c> Namespace<'c> {
         role["rules"] = Value::Array(rules);
         self.apply_role(role);
         let name = (resource == "leases").then_some(ELECTION);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.sa_can(verb, resource, name) {
-            assert!(
-                Instant::now() < deadline,
-                "RBAC still allows {verb} {resource} 20 s after the Role changed"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait::until(
+            &format!("RBAC to deny {verb} {resource} after the Role changed"),
+            Duration::from_secs(20),
+            || !self.sa_can(verb, resource, name),
+        );
     }
 
     fn pods(&self) -> String {
@@ -275,7 +259,7 @@ impl<'c> Namespace<'c> {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "labels": {"app": "my-app"}},
                 "spec": {
-                    "nodeName": super::cluster::NODE,
+                    "nodeName": crate::cluster::NODE,
                     "serviceAccountName": SERVICE_ACCOUNT,
                     "terminationGracePeriodSeconds": grace,
                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
@@ -358,7 +342,7 @@ impl<'c> Namespace<'c> {
         self.get_lease_named(ELECTION)
     }
 
-    /// The API path of the election's Lease.
+    /// The API path of the election's Lease ([`ELECTION`] in this namespace).
     pub fn lease_path(&self) -> String {
         format!(
             "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{ELECTION}",

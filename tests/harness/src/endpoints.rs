@@ -2,11 +2,12 @@
 //! and records the set of ready endpoint addresses after every event. Two ready
 //! addresses at once is recorded as a violation; windows with none are recorded as gaps.
 
-use super::namespace::Namespace;
+use crate::namespace::Namespace;
+use crate::wait::Watched;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
@@ -69,13 +70,13 @@ fn ready_addresses(slice: &Value) -> BTreeSet<String> {
 }
 
 pub struct EndpointWatcher {
-    shared: Arc<(Mutex<Endpoints>, Condvar)>,
+    shared: Arc<Watched<Endpoints>>,
     stop: Arc<AtomicBool>,
 }
 
 impl EndpointWatcher {
     pub fn start(ns: &Namespace, service: &str) -> EndpointWatcher {
-        let shared = Arc::new((Mutex::new(Endpoints::default()), Condvar::new()));
+        let shared = Arc::new(Watched::new(Endpoints::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st, api) = (shared.clone(), stop.clone(), ns.api.clone());
         let path = format!(
@@ -83,30 +84,29 @@ impl EndpointWatcher {
             ns.name
         );
         std::thread::spawn(move || {
-            let (lock, cv) = &*s;
             let name = |o: &Value| o["metadata"]["name"].as_str().unwrap_or("").to_string();
             api.list_watch(
                 &path,
                 &st,
                 |items| {
-                    let mut e = lock.lock().unwrap();
-                    e.slices = items
-                        .iter()
-                        .map(|i| (name(i), ready_addresses(i)))
-                        .collect();
-                    e.record();
-                    e.listed = true;
-                    cv.notify_all();
+                    s.update(|e| {
+                        e.slices = items
+                            .iter()
+                            .map(|i| (name(i), ready_addresses(i)))
+                            .collect();
+                        e.record();
+                        e.listed = true;
+                    })
                 },
                 |kind, obj| {
-                    let mut e = lock.lock().unwrap();
-                    if kind == "DELETED" {
-                        e.slices.remove(&name(obj));
-                    } else {
-                        e.slices.insert(name(obj), ready_addresses(obj));
-                    }
-                    e.record();
-                    cv.notify_all();
+                    s.update(|e| {
+                        if kind == "DELETED" {
+                            e.slices.remove(&name(obj));
+                        } else {
+                            e.slices.insert(name(obj), ready_addresses(obj));
+                        }
+                        e.record();
+                    })
                 },
             );
         });
@@ -123,22 +123,12 @@ impl EndpointWatcher {
         what: &str,
         pred: impl Fn(&Endpoints) -> bool,
     ) -> Instant {
-        let (lock, cv) = &*self.shared;
-        let deadline = Instant::now() + timeout;
-        let mut e = lock.lock().unwrap();
-        loop {
-            if pred(&e) {
-                return Instant::now();
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for: {what}\nready endpoints: {:?}",
-                    e.ready()
-                );
-            }
-            e = cv.wait_timeout(e, deadline - now).unwrap().0;
-        }
+        self.shared.wait_until_showing(
+            what,
+            timeout,
+            |e| pred(e).then(Instant::now),
+            |e| format!("ready endpoints: {:?}", e.ready()),
+        )
     }
 
     /// Waits until the only ready endpoint is `ip`.
@@ -150,7 +140,7 @@ impl EndpointWatcher {
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&Endpoints) -> T) -> T {
-        f(&self.shared.0.lock().unwrap())
+        self.shared.read(f)
     }
 }
 

@@ -13,8 +13,8 @@
 //! with the script's message: the suite never skips. The processes are children that die
 //! with the test process, even on SIGKILL (see `process.rs`), and are killed on drop.
 
-use super::api::Api;
-use super::process::spawn_long_lived;
+use crate::api::Api;
+use crate::process::spawn_long_lived;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,7 +81,7 @@ pub struct Cluster {
 pub fn control_plane_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/control-plane/build.sh");
+        let script = crate::repo_root().join("tests/control-plane/build.sh");
         let out = Command::new("bash")
             .arg(&script)
             .stderr(Stdio::inherit())
@@ -467,12 +467,12 @@ impl Cluster {
     /// Freezes etcd (SIGSTOP) under the running kube-apiserver: reads and writes hang
     /// and end in timeouts or 5xx, watches stay open and go quiet.
     pub fn freeze_etcd(&self) {
-        super::process::signal(self.etcd.lock().unwrap().id(), libc::SIGSTOP);
+        crate::process::signal(self.etcd.lock().unwrap().id(), libc::SIGSTOP);
     }
 
     /// Lets etcd run again after [`Cluster::freeze_etcd`].
     pub fn thaw_etcd(&self) {
-        super::process::signal(self.etcd.lock().unwrap().id(), libc::SIGCONT);
+        crate::process::signal(self.etcd.lock().unwrap().id(), libc::SIGCONT);
     }
 
     /// Runs kubectl against this cluster as admin.
@@ -486,7 +486,7 @@ impl Cluster {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child =
-            super::process::spawn_scoped(cmd).expect("kubectl is needed by the e2e suite");
+            crate::process::spawn_scoped(cmd).expect("kubectl is needed by the e2e suite");
         if let Some(input) = stdin {
             child
                 .stdin

@@ -8,25 +8,49 @@
 //! The process dies with the test's thread (PR_SET_PDEATHSIG) and is killed on drop;
 //! when the test panics, its log is printed.
 
-use super::namespace::{Namespace, ELECTION};
-use super::process::{signal, spawn_scoped};
+use crate::namespace::{Namespace, ELECTION};
+use crate::process::{signal, spawn_scoped};
+use crate::wait;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The binary under test: cargo's for integration tests, the release build otherwise
-/// (the demo example runs after `cargo build --release`).
-///
-/// `LEADER_LABELER_BIN` names another binary, e.g. an older build, to show that a test
-/// fails on it.
-pub fn bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("LEADER_LABELER_BIN") {
-        return p.into();
+/// The binary under test: `LEADER_LABELER_BIN` if set (e.g. an older build, to show that
+/// a test fails on it), else the `leader-labeler` cargo built beside the running program:
+/// `target/<profile>/deps/<test>` and `target/<profile>/examples/<example>` both find
+/// `target/<profile>/leader-labeler` (cargo builds it for the root package's integration
+/// tests; the demo example runs after `cargo build --release`). Panics naming the path
+/// looked at when it is missing.
+pub fn bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = match std::env::var_os("LEADER_LABELER_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => beside_current_exe(),
+        };
+        assert!(
+            path.is_file(),
+            "the sidecar binary is missing: {} (build it with `cargo build`, or set \
+             LEADER_LABELER_BIN to a leader-labeler binary)",
+            path.display()
+        );
+        path
+    })
+    .clone()
+}
+
+/// `target/<profile>/leader-labeler` for a program in `target/<profile>/{deps,examples}`.
+fn beside_current_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running test program");
+    let mut dir = exe
+        .parent()
+        .expect("the test program's folder")
+        .to_path_buf();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
     }
-    match option_env!("CARGO_BIN_EXE_leader-labeler") {
-        Some(p) => p.into(),
-        None => concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/leader-labeler").into(),
-    }
+    dir.join("leader-labeler")
 }
 
 /// Test timings: lease 3s, renew deadline 2s, retry 500ms.
@@ -74,7 +98,7 @@ impl Sidecar {
         )
     }
 
-    /// Like `spawn`, optionally through another server URL (e.g. a [`super::Proxy`]'s).
+    /// Like `spawn`, optionally through another server URL (e.g. a [`crate::Proxy`]'s).
     pub fn spawn_with(ns: &Namespace, pod: &str, opts: SidecarOptions) -> Sidecar {
         // Many sidecars share this machine: each listens on a port of its own.
         let defaults = FAST.iter().copied().chain(["--http-address=127.0.0.1:0"]);
@@ -183,22 +207,22 @@ impl Sidecar {
 
     /// The port of the HTTP endpoints, from the start-up log line.
     pub fn http_port(&self) -> u16 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.output();
-            if let Some(line) = out.lines().find(|l| l.contains("serving /healthz")) {
-                return line
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse().ok())
-                    .expect("port in the serving line");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no HTTP listener line in:\n{out}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("the HTTP listener line in {}", self.log.display());
+        let line = wait::until_every(
+            &what,
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let out = self.output();
+                out.lines()
+                    .find(|l| l.contains("serving /healthz"))
+                    .map(str::to_string)
+            },
+        );
+        line.rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("port in the serving line")
     }
 
     /// GET on the sidecar's HTTP endpoints: (status code, body).
@@ -218,6 +242,21 @@ impl Sidecar {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         (code, body)
+    }
+
+    /// The `/leader` document (pod, isLeader, leader, participants, draining); None while
+    /// it does not answer with JSON.
+    pub fn leader_doc(&self) -> Option<serde_json::Value> {
+        let (code, body) = self.http_get("/leader");
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// The ready participants this sidecar knows of (`/leader`'s `participants`), itself
+    /// included when it participates; empty while it does not answer.
+    pub fn participants(&self) -> Vec<String> {
+        self.leader_doc()
+            .and_then(|d| serde_json::from_value(d["participants"].clone()).ok())
+            .unwrap_or_default()
     }
 
     /// Everything it printed so far (stdout and stderr).

@@ -10,11 +10,12 @@
 //! // dropping it asserts that two pods never carried the label at once
 //! ```
 
-use super::namespace::{Namespace, LEADER_KEY};
+use crate::namespace::{Namespace, LEADER_KEY};
+use crate::wait::Watched;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One pod as last seen.
@@ -151,7 +152,7 @@ fn pod_view(obj: &Value) -> (String, PodView) {
 
 /// A thread that lists and watches the namespace's pods for as long as it lives.
 pub struct Observer {
-    shared: Arc<(Mutex<State>, Condvar)>,
+    shared: Arc<Watched<State>>,
     stop: Arc<AtomicBool>,
     /// Whether dropping it asserts the no-two-leaders rule (off when measuring others).
     strict: bool,
@@ -169,35 +170,33 @@ impl Observer {
             key: key.to_string(),
             ..State::default()
         };
-        let shared = Arc::new((Mutex::new(state), Condvar::new()));
+        let shared = Arc::new(Watched::new(state));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st, api) = (shared.clone(), stop.clone(), ns.api.clone());
         let path = format!("/api/v1/namespaces/{}/pods", ns.name);
         std::thread::spawn(move || {
-            let (lock, cv) = &*s;
-            let lock = || lock.lock().unwrap_or_else(|e| e.into_inner());
             api.list_watch(
                 &path,
                 &st,
                 |items| {
-                    let mut state = lock();
-                    state.pods = items.iter().map(pod_view).collect();
-                    state.record("list");
-                    state.listed = true;
-                    cv.notify_all();
+                    s.update(|state| {
+                        state.pods = items.iter().map(pod_view).collect();
+                        state.record("list");
+                        state.listed = true;
+                    })
                 },
                 |kind, obj| {
                     let (name, view) = pod_view(obj);
                     let at = view.resource_version.clone();
-                    let mut state = lock();
-                    state.events += 1;
-                    if kind == "DELETED" {
-                        state.pods.remove(&name);
-                    } else {
-                        state.pods.insert(name, view);
-                    }
-                    state.record(&at);
-                    cv.notify_all();
+                    s.update(|state| {
+                        state.events += 1;
+                        if kind == "DELETED" {
+                            state.pods.remove(&name);
+                        } else {
+                            state.pods.insert(name, view);
+                        }
+                        state.record(&at);
+                    })
                 },
             );
         });
@@ -212,33 +211,20 @@ impl Observer {
         o
     }
 
-    /// Waits (on a Condvar, woken by every event) until `pred` holds; returns the moment
-    /// it was seen to hold. Panics after `timeout` naming `what`, with the pods' state.
+    /// Waits (woken by every event) until `pred` holds; returns the moment it was seen to
+    /// hold. Panics after `timeout` naming `what`, with the pods' state.
     pub fn wait_until(
         &self,
         timeout: Duration,
         what: &str,
         pred: impl Fn(&State) -> bool,
     ) -> Instant {
-        let (lock, cv) = &*self.shared;
-        let deadline = Instant::now() + timeout;
-        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if pred(&state) {
-                return Instant::now();
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for: {what}\nstate: {:#?}",
-                    state.pods
-                );
-            }
-            state = cv
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.shared.wait_until_showing(
+            what,
+            timeout,
+            |s| pred(s).then(Instant::now),
+            |s| format!("state: {:#?}", s.pods),
+        )
     }
 
     /// Waits until exactly one pod is leader and every other labeled pod says false.
@@ -258,7 +244,7 @@ impl Observer {
 
     /// Runs `f` on the current state.
     pub fn with<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.shared.0.lock().unwrap_or_else(|e| e.into_inner()))
+        self.shared.read(f)
     }
 
     /// The one pod labeled leader now, None when none or several are.
@@ -289,12 +275,9 @@ impl Observer {
 
     /// Waits for any new pod event after `seen` events; returns the new count.
     pub fn next_event(&self, seen: u64, timeout: Duration) -> u64 {
-        let (lock, cv) = &*self.shared;
-        let state = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (state, _) = cv
-            .wait_timeout_while(state, timeout, |s| s.events <= seen)
-            .unwrap_or_else(|e| e.into_inner());
-        state.events
+        self.shared
+            .try_wait_until(timeout, |s| (s.events > seen).then_some(s.events))
+            .unwrap_or_else(|s| s.events)
     }
 
     /// Entries in the leader-set history.
