@@ -11,7 +11,7 @@
 //!   node's address as the `kubernetes` Service's endpoint), kube-controller-manager with
 //!   the deployment, replicaset, endpointslice, serviceaccount and root-ca-cert-publisher
 //!   controllers, kube-scheduler.
-//! - Node: containerd + runc + the kubelet (support::node), pods on a CNI bridge with
+//! - Node: containerd + runc + the kubelet (harness::node), pods on a CNI bridge with
 //!   host-local addresses, kube-proxy in nftables mode with its defaults.
 //! - The shipped deploy/rbac.yaml, deploy/deployment.yaml and deploy/service.yaml, with
 //!   only the image names rewritten (the app is examples/traffic_app.rs).
