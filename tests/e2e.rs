@@ -235,15 +235,7 @@ fn pod_deletion_starts_the_drain_without_a_signal() {
     // restarted by the kubelet (tests/node.rs found it), and a native sidecar would stop
     // before its app.
     let s = by_pod(&mut sidecars, &leader);
-    let until = Instant::now() + secs(5);
-    while !s.output().contains("waiting for the kubelet's SIGTERM") {
-        assert!(
-            s.is_running() && Instant::now() < until,
-            "a drained sidecar must wait for its signal:\n{}",
-            s.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.wait_for_output("waiting for the kubelet's SIGTERM", secs(5));
     assert!(s.is_running());
     assert!(s.output().contains("pod is being deleted"));
     // The kubelet's part.
@@ -564,19 +556,6 @@ fn relative(from: &std::path::Path, to: &std::path::Path) -> String {
     parts.join("/")
 }
 
-/// Polls `f` until it returns Some, for conditions that have no event stream (an HTTP
-/// endpoint, a file). Panics after `timeout`.
-fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Checks the Prometheus text format line by line; returns the samples.
 fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
     let mut samples = vec![];
@@ -650,25 +629,25 @@ fn operator_endpoints_follow_leadership() {
         assert_eq!(s.http_get("/healthz").0, 200);
         assert_eq!(s.http_get("/readyz").0, 200);
     }
-    let doc: serde_json::Value = eventually(secs(5), "/leader names the leader", || {
+    let doc: serde_json::Value = wait::until("/leader names the leader", secs(5), || {
         let v: serde_json::Value =
             serde_json::from_str(&sidecars[oi].http_get("/leader").1).ok()?;
         (v["leader"] == leader.as_str() && v["participants"].as_array()?.len() == 2).then_some(v)
     });
     assert_eq!(doc["isLeader"], false);
     assert_eq!(doc["pod"], other.as_str());
-    eventually(secs(5), "leader's /leader says isLeader", || {
+    wait::until("leader's /leader says isLeader", secs(5), || {
         let v: serde_json::Value =
             serde_json::from_str(&sidecars[li].http_get("/leader").1).ok()?;
         (v["isLeader"] == true).then_some(())
     });
     let read = |p: &str| std::fs::read_to_string(file(p)).unwrap_or_default();
-    eventually(secs(5), "leader files", || {
+    wait::until("leader files", secs(5), || {
         (read(&leader) == "true\n" && read(&other) == "false\n").then_some(())
     });
 
     // Metrics after a few renewals.
-    let samples = eventually(secs(5), "two renewals in /metrics", || {
+    let samples = wait::until("two renewals in /metrics", secs(5), || {
         let (code, text) = sidecars[li].http_get("/metrics");
         assert_eq!(code, 200);
         let s = parse_prometheus(&text);
@@ -708,10 +687,10 @@ fn operator_endpoints_follow_leadership() {
     observer.wait_until(secs(5), "the other pod leads", |s| {
         s.leader().as_deref() == Some(other.as_str())
     });
-    eventually(secs(5), "leader files after the handover", || {
+    wait::until("leader files after the handover", secs(5), || {
         (read(&leader) == "false\n" && read(&other) == "true\n").then_some(())
     });
-    eventually(secs(5), "new leader's /leader", || {
+    wait::until("new leader's /leader", secs(5), || {
         let v: serde_json::Value =
             serde_json::from_str(&sidecars[oi].http_get("/leader").1).ok()?;
         (v["isLeader"] == true).then_some(())
@@ -731,7 +710,7 @@ fn operator_endpoints_follow_leadership() {
             })
             .unwrap_or_default()
     };
-    let old = eventually(secs(5), "events on the old leader", || {
+    let old = wait::until("events on the old leader", secs(5), || {
         let r = reasons(&leader);
         (r.contains(&"HandedOver".to_string())).then_some(r)
     });
@@ -741,7 +720,7 @@ fn operator_endpoints_follow_leadership() {
             "{leader}: {reason} missing from {old:?}"
         );
     }
-    eventually(secs(5), "BecameLeader on the new leader", || {
+    wait::until("BecameLeader on the new leader", secs(5), || {
         reasons(&other)
             .iter()
             .any(|r| r == "BecameLeader")
@@ -831,11 +810,9 @@ fn elections_sharing_a_label_key_leave_each_other_alone() {
         }
     }
     ns.apply_role(role);
-    let until = Instant::now() + secs(10);
-    while !ns.sa_can("update", "leases", Some("other-app")) {
-        assert!(Instant::now() < until, "the Role update did not take");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until("the Role update to take", secs(10), || {
+        ns.sa_can("update", "leases", Some("other-app"))
+    });
     const SHARED: &str = "shared/is-leader";
     ns.create_pod("pod-a", true);
     ns.create_pod("pod-b", true);

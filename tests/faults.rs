@@ -433,15 +433,7 @@ fn rotated_ca_bundle_is_picked_up_without_a_restart() {
     assert!(status.status.success(), "{status:?}");
     let ca_arg = format!("--ca-file={}", ca.display());
     let mut a = Sidecar::spawn(&ns, "pod-a", &[&ca_arg]);
-    let until = Instant::now() + secs(15);
-    while !a.output().contains("not signed by the CA file") {
-        assert!(
-            Instant::now() < until && a.is_running(),
-            "no certificate failure reported:\n{}",
-            a.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    a.wait_for_output("not signed by the CA file", secs(15));
     assert_eq!(
         ns.label("pod-a", LEADER_KEY),
         None,

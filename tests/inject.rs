@@ -6,10 +6,9 @@
 //! Whether the injected sidecar elects and hands over under a real kubelet: tests/node.rs.
 
 use harness::inject::{self, sidecars, ELECTION_LABEL, SIDECAR};
-use harness::{Cluster, ClusterOptions, Namespace, ELECTION, LEADER_KEY};
+use harness::{secs, wait, Cluster, ClusterOptions, Namespace, ELECTION, LEADER_KEY};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -40,24 +39,19 @@ fn kubectl_ok(c: &Cluster, args: &[&str], stdin: Option<&str>) {
 
 /// The pods of `ns` whose labels match `selector`, once there are at least `n`.
 fn wait_pods(ns: &Namespace, selector: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = ns.api.get(&format!(
-            "/api/v1/namespaces/{}/pods?labelSelector={selector}",
-            ns.name
-        ));
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        if items.len() >= n {
-            return items;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} pods matching {selector} after 30 s, expected {n}:\n{}",
-            items.len(),
-            harness::cluster::tail(&ns.cluster.dir.join("kube-controller-manager.log"), 20)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait::until_showing(
+        &format!("{n} pods matching {selector}"),
+        secs(30),
+        || {
+            let list = ns.api.get(&format!(
+                "/api/v1/namespaces/{}/pods?labelSelector={selector}",
+                ns.name
+            ));
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            (items.len() >= n).then_some(items)
+        },
+        || harness::cluster::tail(&ns.cluster.dir.join("kube-controller-manager.log"), 20),
+    )
 }
 
 fn sidecar_of(pod: &Value) -> &Value {
@@ -184,22 +178,13 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
         ],
         None,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let new = loop {
-        let all = wait_pods(&ns, "app=my-app", 2);
-        let new: Vec<Value> = all
+    let new = wait::until("a pod of the rollout", secs(30), || {
+        let new: Vec<Value> = wait_pods(&ns, "app=my-app", 2)
             .into_iter()
             .filter(|p| p["metadata"]["annotations"]["leader-labeler.io/lease-duration"] == "12s")
             .collect();
-        if !new.is_empty() {
-            break new;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rollout created no pod in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        (!new.is_empty()).then_some(new)
+    });
     for pod in &new {
         assert_eq!(
             sidecar_of(pod)["args"],

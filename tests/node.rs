@@ -12,7 +12,7 @@
 
 use harness::inject::{self, sidecars, ELECTION_LABEL};
 use harness::node::{self, container, container_id, container_status, Manifest, Node};
-use harness::{secs, ELECTION};
+use harness::{secs, wait, ELECTION};
 use harness::{Namespace, Observer, LEADER_KEY, PARTICIPANT_KEY};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -531,22 +531,14 @@ fn projected_token_rotated_by_the_kubelet_keeps_working() {
     };
     let rotated_after = t0.elapsed();
     // The sidecar re-reads its token every minute: a Lease write with the new token.
-    let deadline = Instant::now() + secs(90);
-    let first_write = loop {
-        let with_new = sa_requests(n, &ns).into_iter().find(|v| {
+    let what = format!("a Lease update with the rotated token {rotated}");
+    let first_write = wait::until_every(&what, secs(90), secs(1), || {
+        sa_requests(n, &ns).into_iter().find(|v| {
             v["objectRef"]["resource"] == "leases"
                 && v["verb"] == "update"
                 && credential_id(v) == format!("JTI={rotated}")
-        });
-        if let Some(v) = with_new {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no Lease update with the rotated token {rotated} within 90 s"
-        );
-        std::thread::sleep(secs(1));
-    };
+        })
+    });
     assert_eq!(
         first_write["responseStatus"]["code"], 200,
         "{first_write:#}"

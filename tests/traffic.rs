@@ -27,8 +27,8 @@
 //! process enters its network namespace before any thread starts.
 
 use harness::namespace::{ELECTION, SWITCHOVER_KEY};
-use harness::secs;
 use harness::traffic::{self, now, Client, Recorder, Rig};
+use harness::{secs, wait};
 use std::time::Duration;
 
 /// Requests per second, per client.
@@ -121,19 +121,14 @@ fn unready(rig: &Rig, client: &Client, actions: &mut Vec<f64>) {
     let ip = rig.pod_ip(&leader);
     actions.push(now());
     control(&ip, "unready");
-    let deadline = std::time::Instant::now() + secs(60);
-    while rig.holder() == leader
-        || client
-            .last_fresh(20)
-            .iter()
-            .any(|a| a.as_deref() == Ok(&leader))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the unready leader {leader} kept the Lease or the traffic for 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = format!("the unready leader {leader} to lose the Lease and the traffic");
+    wait::until(&what, secs(60), || {
+        rig.holder() != leader
+            && !client
+                .last_fresh(20)
+                .iter()
+                .any(|a| a.as_deref() == Ok(&leader))
+    });
     control(&ip, "ready");
     let now_leader = rig.settle(2, client, secs(60));
     assert_ne!(now_leader, leader);
@@ -150,14 +145,9 @@ fn switchover(rig: &Rig, client: &Client, actions: &mut Vec<f64>) {
         &format!("{SWITCHOVER_KEY}={to}"),
         "--overwrite",
     ]);
-    let deadline = std::time::Instant::now() + secs(30);
-    while rig.holder() != to {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the switchover to {to} did not happen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until(&format!("the switchover to {to}"), secs(30), || {
+        rig.holder() == to
+    });
     assert_eq!(rig.settle(2, client, secs(60)), to);
 }
 

@@ -263,6 +263,27 @@ impl Sidecar {
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until its output contains `text` while it keeps running; panics with the
+    /// output if it exits first or `timeout` passes.
+    pub fn wait_for_output(&mut self, text: &str, timeout: Duration) {
+        let what = format!("{text:?} in the output of a running sidecar");
+        let log = self.log.clone();
+        let exited = wait::until_showing(
+            &what,
+            timeout,
+            || match self.output().contains(text) {
+                true => Some(false),
+                false => self.try_status().map(|_| true),
+            },
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
+        assert!(
+            !exited,
+            "the sidecar exited before {what}:\n{}",
+            self.output()
+        );
+    }
 }
 
 impl Drop for Sidecar {

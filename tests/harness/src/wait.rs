@@ -57,7 +57,28 @@ pub fn until_every<D: Done>(
     what: &str,
     timeout: Duration,
     every: Duration,
+    cond: impl FnMut() -> D,
+) -> D::Out {
+    poll(what, timeout, every, cond, String::new)
+}
+
+/// Like [`until`]; the panic message also shows `show()` (a log tail, a process's
+/// output): what the person reading a failed run needs next.
+pub fn until_showing<D: Done>(
+    what: &str,
+    timeout: Duration,
+    cond: impl FnMut() -> D,
+    show: impl FnOnce() -> String,
+) -> D::Out {
+    poll(what, timeout, POLL, cond, show)
+}
+
+fn poll<D: Done>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
     mut cond: impl FnMut() -> D,
+    show: impl FnOnce() -> String,
 ) -> D::Out {
     let deadline = Instant::now() + timeout;
     loop {
@@ -65,7 +86,12 @@ pub fn until_every<D: Done>(
             return out;
         }
         let now = Instant::now();
-        assert!(now < deadline, "{}", timed_out(what, timeout));
+        if now >= deadline {
+            match show().as_str() {
+                "" => panic!("{}", timed_out(what, timeout)),
+                shown => panic!("{}\n{shown}", timed_out(what, timeout)),
+            }
+        }
         std::thread::sleep(every.min(deadline - now));
     }
 }
@@ -206,6 +232,17 @@ mod tests {
     #[should_panic(expected = "timed out after 10ms waiting for never")]
     fn until_panics_naming_what_it_waited_for() {
         until("never", Duration::from_millis(10), || false);
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after 10ms waiting for the pods\nlog tail")]
+    fn until_showing_adds_what_it_shows_to_the_panic() {
+        until_showing(
+            "the pods",
+            Duration::from_millis(10),
+            || false,
+            || "log tail".into(),
+        );
     }
 
     #[test]
