@@ -214,7 +214,7 @@ pub static SERVER: Flag = value(
 pub static TOKEN_FILE: Flag = value(
     "--token-file",
     "PATH",
-    Derived("service-account token in a pod, without --server"),
+    Derived("pod's service-account token if no --server"),
     "Bearer token, re-read every minute and after a 401",
     &CONNECTION,
 );
