@@ -305,8 +305,11 @@ fn settled(ns: &Namespace, observer: &Observer, timeout: Duration) -> String {
             .get_lease()
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
             .unwrap_or_default();
-        (!holder.is_empty() && observer.leader().as_deref() == Some(holder.as_str()))
-            .then_some(holder)
+        let labeled = observer.with(|s| s.leaders());
+        match !holder.is_empty() && labeled == [holder.as_str()] {
+            true => Ok(holder),
+            false => Err(format!("Lease holder {holder:?}, labeled {labeled:?}")),
+        }
     })
 }
 

@@ -37,19 +37,27 @@ fn kubectl_ok(c: &Cluster, args: &[&str], stdin: Option<&str>) {
     );
 }
 
-/// The pods of `ns` whose labels match `selector`, once there are at least `n`.
-fn wait_pods(ns: &Namespace, selector: &str, n: usize) -> Vec<Value> {
+/// The pods of `ns` whose labels match `selector`.
+fn pods(ns: &Namespace, selector: &str) -> Vec<Value> {
+    let list = ns.api.get(&format!(
+        "/api/v1/namespaces/{}/pods?labelSelector={selector}",
+        ns.name
+    ));
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until `pick` returns Some from the pods matching `selector`; on timeout shows
+/// kube-controller-manager's log (the Deployment and ReplicaSet controllers create them).
+fn wait_pods<T>(
+    ns: &Namespace,
+    what: &str,
+    selector: &str,
+    mut pick: impl FnMut(Vec<Value>) -> Option<T>,
+) -> T {
     wait::until_showing(
-        &format!("{n} pods matching {selector}"),
+        what,
         secs(30),
-        || {
-            let list = ns.api.get(&format!(
-                "/api/v1/namespaces/{}/pods?labelSelector={selector}",
-                ns.name
-            ));
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            (items.len() >= n).then_some(items)
-        },
+        || pick(pods(ns, selector)),
         || harness::cluster::tail(&ns.cluster.dir.join("kube-controller-manager.log"), 20),
     )
 }
@@ -112,7 +120,9 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
     let ns = Namespace::new(c, "inject-deploy");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/inject/example.yaml");
     kubectl_ok(c, &["apply", "-n", &ns.name, "-f", example], None);
-    let pods = wait_pods(&ns, "app=my-app", 2);
+    let pods = wait_pods(&ns, "2 pods of the Deployment", "app=my-app", |pods| {
+        (pods.len() >= 2).then_some(pods)
+    });
     let reference = hand_written_sidecar(&ns);
     for pod in &pods {
         let name = pod["metadata"]["name"].as_str().unwrap();
@@ -178,8 +188,8 @@ fn labeled_deployment_pods_get_exactly_one_native_sidecar() {
         ],
         None,
     );
-    let new = wait::until("a pod of the rollout", secs(30), || {
-        let new: Vec<Value> = wait_pods(&ns, "app=my-app", 2)
+    let new = wait_pods(&ns, "a pod of the rollout", "app=my-app", |pods| {
+        let new: Vec<Value> = pods
             .into_iter()
             .filter(|p| p["metadata"]["annotations"]["leader-labeler.io/lease-duration"] == "12s")
             .collect();

@@ -66,7 +66,10 @@ fn renewed_by(ns: &Namespace, holder: &str, timeout: Duration) -> Value {
     let what = format!("{holder} to renew the Lease");
     wait::until_every(&what, timeout, Duration::from_millis(100), || {
         let spec = lease_spec(ns);
-        (spec["holderIdentity"] == holder && spec["renewTime"] != before).then_some(spec)
+        match spec["holderIdentity"] == holder && spec["renewTime"] != before {
+            true => Ok(spec),
+            false => Err(spec),
+        }
     })
 }
 

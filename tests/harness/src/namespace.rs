@@ -116,7 +116,10 @@ impl<'c> Namespace<'c> {
             "RBAC to let the service account list pods",
             Duration::from_secs(20),
             Duration::from_millis(100),
-            || sa.call("GET", &pods, None).0 == 200,
+            || match sa.call("GET", &pods, None) {
+                (200, _) => Ok(()),
+                (code, body) => Err(format!("{code} {body}")),
+            },
         );
     }
 

@@ -268,21 +268,16 @@ impl Sidecar {
     /// output if it exits first or `timeout` passes.
     pub fn wait_for_output(&mut self, text: &str, timeout: Duration) {
         let what = format!("{text:?} in the output of a running sidecar");
-        let log = self.log.clone();
-        let exited = wait::until_showing(
-            &what,
-            timeout,
-            || match self.output().contains(text) {
-                true => Some(false),
-                false => self.try_status().map(|_| true),
-            },
-            || std::fs::read_to_string(&log).unwrap_or_default(),
-        );
-        assert!(
-            !exited,
-            "the sidecar exited before {what}:\n{}",
-            self.output()
-        );
+        wait::until(&what, timeout, || {
+            let out = self.output();
+            if out.contains(text) {
+                return Ok(());
+            }
+            if let Some(status) = self.try_status() {
+                panic!("the sidecar exited ({status}) before {what}:\n{out}");
+            }
+            Err(out)
+        });
     }
 }
 

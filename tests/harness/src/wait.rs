@@ -1,7 +1,8 @@
 //! Waiting with a deadline, the one way the tests wait: [`until`] polls a condition
 //! (the API server, a process, a file), [`Watched`] is a value that threads update and
 //! tests wait on as an event (an observer's pods, a proxy's log). A wait that times out
-//! panics with "timed out after {timeout:?} waiting for {what}".
+//! panics with "timed out after {timeout:?} waiting for {what}", then what the condition
+//! last saw when it returns `Err(seen)`.
 //!
 //! ```ignore
 //! let spec = wait::until("pod-b holds the Lease", secs(10), || {
@@ -24,26 +25,44 @@ pub fn timed_out(what: &str, timeout: Duration) -> String {
     format!("timed out after {timeout:?} waiting for {what}")
 }
 
-/// What a condition returns: `bool` (true when done) or `Option<R>` (Some when done,
-/// with the value the wait returns).
+/// Panics with [`timed_out`], then each detail that is not empty on a line of its own.
+fn give_up(what: &str, timeout: Duration, details: &[&str]) -> ! {
+    let mut message = timed_out(what, timeout);
+    for d in details.iter().filter(|d| !d.is_empty()) {
+        message.push('\n');
+        message.push_str(d);
+    }
+    panic!("{message}")
+}
+
+/// What a condition returns: `bool` (true when done), `Option<R>` (Some when done, with
+/// the value the wait returns) or `Result<R, E>` (Err with what it saw instead, shown if
+/// the wait times out).
 pub trait Done {
     /// What the wait returns.
     type Out;
-    /// Some when the condition holds.
-    fn done(self) -> Option<Self::Out>;
+    /// Ok when the condition holds; else what it saw, if it says.
+    fn done(self) -> Result<Self::Out, Option<String>>;
 }
 
 impl Done for bool {
     type Out = ();
-    fn done(self) -> Option<()> {
-        self.then_some(())
+    fn done(self) -> Result<(), Option<String>> {
+        self.then_some(()).ok_or(None)
     }
 }
 
 impl<R> Done for Option<R> {
     type Out = R;
-    fn done(self) -> Option<R> {
-        self
+    fn done(self) -> Result<R, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<R, E: std::fmt::Display> Done for Result<R, E> {
+    type Out = R;
+    fn done(self) -> Result<R, Option<String>> {
+        self.map_err(|seen| Some(format!("last seen: {seen}")))
     }
 }
 
@@ -82,15 +101,13 @@ fn poll<D: Done>(
 ) -> D::Out {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(out) = cond().done() {
-            return out;
-        }
+        let seen = match cond().done() {
+            Ok(out) => return out,
+            Err(seen) => seen,
+        };
         let now = Instant::now();
         if now >= deadline {
-            match show().as_str() {
-                "" => panic!("{}", timed_out(what, timeout)),
-                shown => panic!("{}\n{shown}", timed_out(what, timeout)),
-            }
+            give_up(what, timeout, &[&seen.unwrap_or_default(), &show()]);
         }
         std::thread::sleep(every.min(deadline - now));
     }
@@ -149,10 +166,7 @@ impl<T> Watched<T> {
             Err(value) => {
                 let shown = show(&value);
                 drop(value);
-                match shown.as_str() {
-                    "" => panic!("{}", timed_out(what, timeout)),
-                    _ => panic!("{}\n{shown}", timed_out(what, timeout)),
-                }
+                give_up(what, timeout, &[&shown])
             }
         }
     }
@@ -167,7 +181,7 @@ impl<T> Watched<T> {
         let deadline = Instant::now() + timeout;
         let mut value = self.lock();
         loop {
-            if let Some(out) = cond(&value).done() {
+            if let Ok(out) = cond(&value).done() {
                 return Ok(out);
             }
             let now = Instant::now();
@@ -243,6 +257,14 @@ mod tests {
             || false,
             || "log tail".into(),
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after 10ms waiting for pod-b\nlast seen: holder pod-a")]
+    fn until_shows_what_the_condition_last_saw() {
+        until("pod-b", Duration::from_millis(10), || {
+            Err::<(), _>("holder pod-a")
+        });
     }
 
     #[test]
