@@ -19,6 +19,48 @@ enum Next {
     Reset,
 }
 
+impl Next {
+    /// After an answer was written: keep the connection if the write went through.
+    fn after(written: io::Result<()>) -> Next {
+        match written {
+            Ok(()) => Next::KeepAlive,
+            Err(_) => Next::Close,
+        }
+    }
+}
+
+/// Marks request `seq` done, answered with `answered` (None: no answer reached the client).
+fn finish(shared: &Shared, seq: usize, answered: Option<u16>) {
+    shared.update(seq, |r| {
+        r.answered = r.answered.or(answered);
+        r.held = false;
+        r.done = true;
+    })
+}
+
+/// The faults that strike once the server has applied the request: its answer dropped,
+/// or replaced by an error. Some((what the client got, next)) when one did.
+fn replace_answer(
+    client: &mut TcpStream,
+    fault: Option<Fault>,
+    server_status: u16,
+) -> Option<(Option<u16>, Next)> {
+    match fault {
+        Some(Fault::DropResponse) => Some((None, Next::Close)),
+        Some(Fault::ErrorAfterApply(code)) => {
+            let written = write_response(
+                client,
+                code,
+                reason_for(code),
+                Some("application/json"),
+                &status_body(code, server_status),
+            );
+            Some((Some(code), Next::after(written)))
+        }
+        _ => None,
+    }
+}
+
 pub(super) fn serve(shared: &Shared, client: TcpStream) {
     let _ = client.set_nodelay(true);
     let Some(guard) = shared.register(&client) else {
@@ -100,13 +142,7 @@ fn handle<'a>(
 ) -> Next {
     let kind = classify(&req.method, &req.target);
     let (seq, fault, source) = shared.arrive(kind, &req.method, &req.target);
-    let finish = |answered: Option<u16>| {
-        shared.update(seq, |r| {
-            r.answered = r.answered.or(answered);
-            r.held = false;
-            r.done = true;
-        })
-    };
+    let finish = |answered: Option<u16>| finish(shared, seq, answered);
     // Before forwarding.
     let mut fault = fault;
     match fault {
@@ -129,11 +165,7 @@ fn handle<'a>(
             out.extend_from_slice(&body);
             let ok = client.write_all(&out).and_then(|_| client.flush());
             finish(Some(code));
-            return if ok.is_ok() {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            };
+            return Next::after(ok);
         }
         Some(Fault::Stall) => match shared.hold_while_stalled(seq, kind, fault, source) {
             Err(()) => {
@@ -184,31 +216,15 @@ fn handle<'a>(
     if head.close {
         *upstream = None;
     }
-    match fault {
-        Some(Fault::DropResponse) => {
+    if let Some((answered, next)) = replace_answer(client, fault, head.status) {
+        finish(answered);
+        return next;
+    }
+    if let Some(Fault::SlowChunks(d)) = fault {
+        if !shared.sleep(d) {
             finish(None);
             return Next::Close;
         }
-        Some(Fault::ErrorAfterApply(code)) => {
-            let ok = write_response(
-                client,
-                code,
-                reason_for(code),
-                Some("application/json"),
-                &status_body(code, head.status),
-            );
-            finish(Some(code));
-            return if ok.is_ok() {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            };
-        }
-        Some(Fault::SlowChunks(d)) if !shared.sleep(d) => {
-            finish(None);
-            return Next::Close;
-        }
-        _ => {}
     }
     let ok = write_response(
         client,
@@ -218,11 +234,7 @@ fn handle<'a>(
         &body,
     );
     finish(Some(head.status));
-    if ok.is_ok() {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    }
+    Next::after(ok)
 }
 
 /// Streams a watch answer chunk by chunk, applying `Stall` and `SlowChunks` before each.
@@ -237,38 +249,14 @@ fn stream<'a>(
     source: Source,
     head: ResponseHead,
 ) -> Next {
-    let finish = |answered: Option<u16>| {
-        shared.update(seq, |r| {
-            r.answered = r.answered.or(answered);
-            r.held = false;
-            r.done = true;
-        })
-    };
+    let finish = |answered: Option<u16>| finish(shared, seq, answered);
     let Some(mut up) = upstream.take() else {
         finish(None);
         return Next::Close;
     };
-    match fault {
-        Some(Fault::DropResponse) => {
-            finish(None);
-            return Next::Close;
-        }
-        Some(Fault::ErrorAfterApply(code)) => {
-            let ok = write_response(
-                client,
-                code,
-                reason_for(code),
-                Some("application/json"),
-                &status_body(code, head.status),
-            );
-            finish(Some(code));
-            return if ok.is_ok() {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            };
-        }
-        _ => {}
+    if let Some((answered, next)) = replace_answer(client, fault, head.status) {
+        finish(answered);
+        return next;
     }
     let mut out = format!("HTTP/1.1 {} {}\r\n", head.status, head.reason).into_bytes();
     if let Some(ct) = &head.content_type {
@@ -296,11 +284,7 @@ fn stream<'a>(
                 // The server ended the watch: end it for the client too.
                 let ok = client.write_all(b"0\r\n\r\n").and_then(|_| client.flush());
                 finish(None);
-                return if ok.is_ok() {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
+                return Next::after(ok);
             }
             Err(_) => {
                 // Broken off upstream: broken off for the client (no last chunk).
