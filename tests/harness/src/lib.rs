@@ -6,7 +6,8 @@
 //! so every test file and example shares one build of it. It does not link the
 //! leader-labeler crate: it runs the binary (`sidecar::bin`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 pub mod api;
@@ -32,9 +33,12 @@ pub use sidecar::{Sidecar, SidecarOptions};
 
 /// The repository's root folder (this crate lives in `tests/harness`): deploy/,
 /// scripts/, tests/control-plane/ and target/ are found from here.
-pub fn repo_root() -> PathBuf {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    std::fs::canonicalize(root).unwrap_or_else(|e| panic!("repository root {root}: {e}"))
+pub fn repo_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        std::fs::canonicalize(root).unwrap_or_else(|e| panic!("repository root {root}: {e}"))
+    })
 }
 
 /// `Duration::from_secs`, short for the tests' timeouts.

@@ -103,8 +103,7 @@ impl State {
         out
     }
 
-    /// Closed leaderless intervals after the first leader appeared: (start, end).
-    /// Closed leaderless spells after the first leader: (start, end).
+    /// Closed leaderless spells after the first leader appeared: (start, end).
     pub fn gaps(&self) -> Vec<(Instant, Instant)> {
         let mut gaps = vec![];
         let mut had_leader = false;

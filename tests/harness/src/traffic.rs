@@ -19,7 +19,9 @@
 //!   rule syncs from its log; [`Client`]: every request's time, outcome and answering pod.
 
 use crate::cluster::{spawn_logged, tail, Cluster, ClusterOptions};
+use crate::namespace::LEADER_KEY;
 use crate::node::{run, Node, NodeOptions, PodNetwork, Prepared};
+use crate::repo_root;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,8 +36,6 @@ pub const NODE_IP: &str = "10.200.0.1";
 pub const POD_CIDR: &str = "10.88.0.0/16";
 pub const BRIDGE: &str = "ll-cni0";
 pub const APP_IMAGE: &str = "localhost/leader-labeler-traffic/app:1";
-pub const ELECTION: &str = "my-app";
-pub const LEADER_LABEL: &str = "my-app/is-leader";
 
 /// Seconds since the epoch: one clock for the test's events, the client's requests and
 /// kube-proxy's log.
@@ -126,7 +126,7 @@ fn build_baseline_image() -> PathBuf {
                 .join(".cache/leader-labeler")
         });
     let bin = cache.join("client-go-baseline-v0.36.3-static");
-    let src = crate::repo_root().join("bench/baseline/main.go");
+    let src = repo_root().join("bench/baseline/main.go");
     let stale = |b: &Path| {
         let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         m(b).is_none() || m(&src) > m(b)
@@ -136,7 +136,7 @@ fn build_baseline_image() -> PathBuf {
             .args(["build", "-trimpath", "-ldflags", "-s -w", "-o"])
             .arg(&bin)
             .arg(".")
-            .current_dir(crate::repo_root().join("bench/baseline"))
+            .current_dir(repo_root().join("bench/baseline"))
             .envs([
                 ("CGO_ENABLED", "0"),
                 ("GOTOOLCHAIN", "local"),
@@ -149,7 +149,7 @@ fn build_baseline_image() -> PathBuf {
             "building bench/baseline failed (see above)"
         );
     }
-    let ctx = crate::repo_root().join("target/traffic-baseline-image");
+    let ctx = repo_root().join("target/traffic-baseline-image");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::copy(&bin, ctx.join("baseline")).unwrap();
     let tar = ctx.join("baseline.tar");
@@ -167,7 +167,7 @@ fn build_baseline_image() -> PathBuf {
 /// Debian's static busybox for the shipped preStop's `sleep`; user 65532.
 fn build_app_image() -> PathBuf {
     let musl = Command::new("bash")
-        .arg(crate::repo_root().join("scripts/deps.sh"))
+        .arg(repo_root().join("scripts/deps.sh"))
         .arg("musl")
         .status()
         .is_ok_and(|s| s.success());
@@ -178,7 +178,7 @@ fn build_app_image() -> PathBuf {
     };
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
-        .current_dir(crate::repo_root())
+        .current_dir(repo_root())
         .args([
             "build",
             "--release",
@@ -201,10 +201,10 @@ fn build_app_image() -> PathBuf {
     }
     let status = cargo.status().expect("cargo");
     assert!(status.success(), "building examples/traffic_app.rs failed");
-    let ctx = crate::repo_root().join("target/traffic-app-image");
+    let ctx = repo_root().join("target/traffic-app-image");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::copy(
-        crate::repo_root().join(format!("target/{target}/release/examples/traffic_app")),
+        repo_root().join(format!("target/{target}/release/examples/traffic_app")),
         ctx.join("app"),
     )
     .unwrap();
@@ -293,7 +293,7 @@ impl Rig {
     /// Copies every log of the run (control plane, kube-proxy, containerd, kubelet, pods)
     /// to target/traffic-logs/: the node's folder is removed at exit.
     pub fn keep_logs(&self) -> PathBuf {
-        let to = crate::repo_root().join("target/traffic-logs");
+        let to = repo_root().join("target/traffic-logs");
         let _ = std::fs::remove_dir_all(&to);
         std::fs::create_dir_all(&to).unwrap();
         for dir in [&self.cluster.dir, &self.node.dir] {
@@ -354,8 +354,7 @@ impl Rig {
         self.kubectl(&["delete", "deployment", "my-app"]);
         self.kubectl(&["delete", "replicasets", "-l", "app=my-app"]);
         self.kubectl(&["delete", "lease", "my-app", "--ignore-not-found"]);
-        let text =
-            std::fs::read_to_string(crate::repo_root().join("deploy/deployment.yaml")).unwrap();
+        let text = std::fs::read_to_string(repo_root().join("deploy/deployment.yaml")).unwrap();
         let mut deployment = self
             .cluster
             .manifest_objects(&text, "deploy/deployment.yaml")
@@ -395,7 +394,7 @@ impl Rig {
     /// its two image names rewritten (the app's and the sidecar's), nothing else.
     fn apply_manifests(&mut self, sidecar_image: &str) {
         let deployment =
-            std::fs::read_to_string(crate::repo_root().join("deploy/deployment.yaml")).unwrap();
+            std::fs::read_to_string(repo_root().join("deploy/deployment.yaml")).unwrap();
         let mut rewritten = 0;
         let text: Vec<String> = deployment
             .lines()
@@ -416,7 +415,7 @@ impl Rig {
             rewritten, 2,
             "deploy/deployment.yaml should name two images"
         );
-        let shipped = |f: &str| std::fs::read_to_string(crate::repo_root().join(f)).unwrap();
+        let shipped = |f: &str| std::fs::read_to_string(repo_root().join(f)).unwrap();
         for (what, yaml) in [
             ("deploy/rbac.yaml", shipped("deploy/rbac.yaml")),
             (
@@ -484,7 +483,7 @@ impl Rig {
                 });
             let labeled = pods.iter().any(|p| {
                 p["metadata"]["name"] == holder.as_str()
-                    && p["metadata"]["labels"][LEADER_LABEL] == "true"
+                    && p["metadata"]["labels"][LEADER_KEY] == "true"
             });
             let answered = client.last_fresh(20);
             if all_ready
@@ -565,17 +564,17 @@ impl Rig {
 }
 
 /// kube-proxy's backend: nftables, or TRAFFIC_PROXY_MODE (iptables, its other one).
+/// nftables by default: an iptables sync swaps the filter and nat tables one after the
+/// other, and a SYN between the two leaves an un-NATed conntrack entry that loses it and,
+/// for 120 s, every connection reusing its source port (docs/design.md); an nftables sync
+/// is one transaction.
 pub fn proxy_mode() -> String {
     std::env::var("TRAFFIC_PROXY_MODE").unwrap_or_else(|_| "nftables".into())
 }
 
-/// kube-proxy in nftables mode (or TRAFFIC_PROXY_MODE) with its defaults (minSyncPeriod
+/// kube-proxy in [`proxy_mode`] with its defaults (minSyncPeriod
 /// 1 s, syncPeriod 30 s) but for what a network namespace allows: it leaves the conntrack
 /// table's global size and timeouts alone. Logs at -v=2 for "SyncProxyRules complete".
-/// nftables, not iptables: an iptables sync swaps the filter and nat tables one after the
-/// other, and a SYN between the two leaves an un-NATed conntrack entry that loses it and,
-/// for 120 s, every connection reusing its source port (docs/design.md); an nftables sync
-/// is one transaction.
 fn start_kube_proxy(cluster: &Cluster, bin: &Path) -> (Child, PathBuf) {
     let dir = &cluster.dir;
     let config = dir.join("kube-proxy.yaml");
@@ -787,7 +786,7 @@ impl Recorder {
             std::thread::spawn(move || {
                 let pod = |o: &Value| What::Pod {
                     name: o["metadata"]["name"].as_str().unwrap_or("").into(),
-                    leader: o["metadata"]["labels"][LEADER_LABEL]
+                    leader: o["metadata"]["labels"][LEADER_KEY]
                         .as_str()
                         .map(str::to_string),
                     ready: o["status"]["conditions"].as_array().is_some_and(|c| {
